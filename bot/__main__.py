@@ -1,0 +1,84 @@
+"""Composition root: settings → logging → session, store, fal client → bot. `python -m bot`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import aiohttp
+import discord
+import yarl
+
+from bot.bot import KontextBot
+from bot.config import ConfigError, Settings, load_settings
+from bot.fal import FalClient, FalClientOptions
+from bot.log import setup_logging
+from bot.store import SqliteJobStore
+
+log = logging.getLogger("bot")
+
+
+def fal_client(session: aiohttp.ClientSession, settings: Settings) -> FalClient:
+    options = FalClientOptions(
+        auth_scheme=settings.fal_auth_scheme,
+        request_timeout=settings.request_timeout_seconds,
+        submit_timeout=settings.submit_timeout_seconds,
+        start_timeout=settings.fal_start_timeout_seconds,
+        poll_interval=settings.poll_interval_seconds,
+        poll_max_interval=settings.poll_max_interval_seconds,
+        use_stream=settings.use_status_stream,
+        result_hosts=settings.fal_result_hosts,
+        max_download_bytes=settings.max_result_bytes,
+    )
+    return FalClient(
+        session, key=settings.fal_key, base_url=settings.fal_queue_url, endpoint=settings.fal_endpoint, options=options
+    )
+
+
+def point_discord_at(settings: Settings) -> None:
+    """REST proxies (and the tests' fake Discord) take the place of discord.com."""
+    discord.http.Route.BASE = settings.discord_api_url
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def run(settings: Settings) -> None:
+    async with (
+        aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}) as session,
+        SqliteJobStore(settings.database_path) as store,
+    ):
+        bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
+        async with bot:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(bot.close()))
+            await bot.start(settings.discord_token.get_secret_value())
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)  # noqa: T201
+        return 2
+    secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
+    setup_logging(settings.log_level, secrets)
+    point_discord_at(settings)
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        pass
+    except discord.LoginFailure:
+        log.error("Discord refused DISCORD_TOKEN; check the bot token in the developer portal")
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        log.error("enable the Message Content intent in the developer portal, or set MESSAGE_CONTENT_INTENT=false")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

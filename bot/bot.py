@@ -1,0 +1,98 @@
+"""The bot class: holds the shared services, loads the cog, syncs commands."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.fal import FalClient
+from bot.jobs import JobRunner
+from bot.store import SqliteJobStore
+
+__all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.kontext",)
+REQUIRED_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    create_public_threads=True,
+    attach_files=True,
+    embed_links=True,
+    read_message_history=True,
+)
+
+
+def invite_url(application_id: int) -> str:
+    return discord.utils.oauth_url(
+        application_id, permissions=REQUIRED_PERMISSIONS, scopes=("bot", "applications.commands")
+    )
+
+
+def bot_intents(*, message_content: bool) -> discord.Intents:
+    """Guilds, guild messages and reactions; message content only for the reaction trigger's prompt."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.guild_reactions = True
+    intents.dm_messages = True
+    intents.message_content = message_content
+    return intents
+
+
+class KontextBot(commands.Bot):
+    """Services are made once in `__main__` and handed in; cogs read them from here."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        fal: FalClient,
+        store: SqliteJobStore,
+        **options: Any,
+    ) -> None:
+        options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self.session = session
+        self.fal = fal
+        self.store = store
+        self.runner = JobRunner(fal, store, job_timeout=settings.job_timeout_seconds)
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        if self.application_id:
+            log.info("invite the bot with: %s", invite_url(self.application_id))
+
+    async def _sync_commands(self) -> None:
+        guild_id = self.settings.dev_guild_id
+        if guild_id is None:
+            synced = await self.tree.sync()
+            log.info("synced %d global command(s)", len(synced))
+            return
+        guild = discord.Object(guild_id)
+        self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        log.info("synced %d command(s) to dev guild %s", len(synced), guild_id)
+
+    async def on_ready(self) -> None:
+        log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        await self.runner.close()
+        await super().close()

@@ -1,0 +1,107 @@
+"""Settings read from the environment and `.env`; built once in `__main__`, never at import."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ("ConfigError", "Settings", "load_settings")
+
+DISCORD_API_V10 = "https://discord.com/api/v10"
+
+
+class ConfigError(Exception):
+    """Configuration is missing or invalid; the message names the variables and never their values."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the bot. Environment names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    # Secrets.
+    discord_token: SecretStr = Field(min_length=1)
+    fal_key: SecretStr = Field(min_length=1)
+
+    # fal queue.
+    fal_queue_url: str = "https://queue.fal.run"
+    fal_auth_scheme: Literal["Key", "Bearer"] = "Key"
+    fal_endpoint: str = "fal-ai/flux-pro/kontext/max/multi"
+    fal_result_hosts: tuple[str, ...] = ("fal.media", "v3.fal.media", "v3b.fal.media", "storage.googleapis.com")
+    fal_start_timeout_seconds: float = Field(default=900.0, gt=1)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    poll_max_interval_seconds: float = Field(default=10.0, gt=0)
+    use_status_stream: bool = True
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    submit_timeout_seconds: float = Field(default=60.0, gt=0)
+    job_timeout_seconds: float = Field(default=1800.0, gt=0)
+
+    # Discord.
+    discord_api_url: str = DISCORD_API_V10
+    discord_gateway_url: str | None = None  # only for proxies and tests; None = Discord's own gateway
+    message_content_intent: bool = True  # privileged; lets the reaction trigger read the message's text
+    dev_guild_id: int | None = None
+    trigger_emoji: str = "🎨"
+    status_edit_interval_seconds: float = Field(default=1.5, ge=0)
+
+    # Input limits.
+    max_images: int = Field(default=4, ge=1, le=10)
+    max_prompt_length: int = Field(default=1500, ge=1, le=4000)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_result_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+
+    # Cost and abuse control.
+    price_per_image_usd: Decimal = Field(default=Decimal("0.08"), ge=0)
+    max_concurrent_jobs_per_user: int = Field(default=2, ge=1)
+    daily_images_per_user: int = Field(default=20, ge=0)
+    daily_images_per_guild: int = Field(default=200, ge=0)
+    cooldown_seconds: float = Field(default=10.0, ge=0)
+    allowed_guild_ids: tuple[int, ...] = ()
+    allowed_role_ids: tuple[int, ...] = ()
+
+    # Storage and logs.
+    database_path: Path = Path("data/kontext.sqlite3")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("fal_queue_url", "discord_api_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _websocket_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("fal_endpoint")
+    @classmethod
+    def _endpoint_has_owner_and_alias(cls, value: str) -> str:
+        value = value.strip("/")
+        if value.count("/") < 1:
+            raise ValueError("must look like owner/alias[/path]")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build `Settings`, turning validation errors into one readable `ConfigError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # values come from env; overrides are for tests
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["Invalid configuration:"]
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+        problem = "missing (set it in the environment or .env)" if error["type"] == "missing" else error["msg"]
+        lines.append(f"  {name}: {problem}")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Errors raised by the fal queue client.
+
+FalError
+├── FalHTTPError                 any non-2xx answer (status, detail, error_type)
+│   ├── FalAuthError             401 / 403 (bad key, locked account, exhausted balance)
+│   ├── FalValidationError       422 (detail list; content policy is one kind)
+│   ├── FalRateLimited           429
+│   ├── FalServerError           5xx
+│   └── FalRequestFailed         the job ran and failed (COMPLETED with error, or result endpoint error)
+├── FalProtocolError             an answer we cannot understand (bad JSON, missing fields)
+├── FalConnectionError           the request never got an answer (connect/read failure)
+│   └── FalSubmitUnconfirmed     a submit that may have reached fal: never resent, never assumed lost
+└── FalTimeout                   our own deadline ran out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = (
+    "FalAuthError",
+    "FalConnectionError",
+    "FalError",
+    "FalHTTPError",
+    "FalProtocolError",
+    "FalRateLimited",
+    "FalRequestFailed",
+    "FalServerError",
+    "FalSubmitUnconfirmed",
+    "FalTimeout",
+    "FalValidationError",
+    "ValidationIssue",
+    "http_error",
+)
+
+MODERATION_TYPES = frozenset({"content_policy_violation"})
+
+
+class FalError(Exception):
+    """Root of every error the fal client raises."""
+
+
+class ValidationIssue:
+    """One entry of a 422 `detail` list."""
+
+    __slots__ = ("field", "message", "type")
+
+    def __init__(self, field: str, message: str, type: str) -> None:
+        self.field = field
+        self.message = message
+        self.type = type
+
+    @classmethod
+    def from_payload(cls, item: Mapping[str, Any]) -> ValidationIssue:
+        loc = [str(part) for part in item.get("loc") or () if part != "body"]
+        return cls(".".join(loc), str(item.get("msg", "")), str(item.get("type", "")))
+
+    def __repr__(self) -> str:
+        return f"ValidationIssue(field={self.field!r}, type={self.type!r}, message={self.message!r})"
+
+
+class FalHTTPError(FalError):
+    """fal answered with a non-2xx status."""
+
+    def __init__(self, status: int, detail: Any, error_type: str | None = None) -> None:
+        self.status = status
+        self.detail = detail
+        self.error_type = error_type
+        super().__init__(f"fal answered {status}: {self.summary}")
+
+    @property
+    def summary(self) -> str:
+        """A short human text from `detail`, whatever its shape."""
+        if isinstance(self.detail, list):
+            return "; ".join(_item_text(item) for item in self.detail)
+        if isinstance(self.detail, Mapping):
+            return str(self.detail.get("message") or self.detail.get("status") or self.detail)
+        return str(self.detail or "")
+
+
+class FalAuthError(FalHTTPError):
+    """The key is wrong, or the account is locked (exhausted balance, admin lock)."""
+
+    @property
+    def balance_exhausted(self) -> bool:
+        return "balance" in self.summary.lower()
+
+
+class FalValidationError(FalHTTPError):
+    """422: the input was refused; `issues` lists what and why."""
+
+    @property
+    def issues(self) -> list[ValidationIssue]:
+        if not isinstance(self.detail, list):
+            return []
+        return [ValidationIssue.from_payload(item) for item in self.detail if isinstance(item, Mapping)]
+
+    @property
+    def moderated(self) -> bool:
+        types = {issue.type for issue in self.issues} | {self.error_type or ""}
+        return bool(types & MODERATION_TYPES)
+
+
+class FalRateLimited(FalHTTPError):
+    """429: too many requests or concurrency exhausted."""
+
+    def __init__(
+        self, status: int, detail: Any, error_type: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, detail, error_type)
+        self.retry_after = retry_after
+
+
+class FalServerError(FalHTTPError):
+    """5xx from fal or a proxy in front of it."""
+
+
+class FalRequestFailed(FalHTTPError):
+    """The job itself failed: COMPLETED with `error`, or the result endpoint answered an error."""
+
+    @property
+    def moderated(self) -> bool:
+        if self.error_type in MODERATION_TYPES:
+            return True
+        if isinstance(self.detail, list):
+            return any(isinstance(item, Mapping) and item.get("type") in MODERATION_TYPES for item in self.detail)
+        return False
+
+
+class FalProtocolError(FalError):
+    """fal's answer did not have the shape we rely on."""
+
+
+class FalConnectionError(FalError):
+    """The request got no answer (connection refused, reset, or read failure)."""
+
+
+class FalSubmitUnconfirmed(FalConnectionError):
+    """A submit may have reached fal but we never saw the answer. It is not resent: that could bill twice."""
+
+
+class FalTimeout(FalError):
+    """Our own deadline for a request or a job ran out."""
+
+
+def http_error(status: int, body: Any, headers: Mapping[str, str], *, during_result: bool = False) -> FalHTTPError:
+    """Map a non-2xx answer to the most specific error class."""
+    detail = body.get("detail", body) if isinstance(body, Mapping) else body
+    error_type = (body.get("error_type") if isinstance(body, Mapping) else None) or headers.get("x-fal-error-type")
+    if status in (401, 403):
+        return FalAuthError(status, detail, error_type)
+    if during_result and not (status >= 500 and error_type is None):  # a bare 5xx is the proxy, not the job
+        return FalRequestFailed(status, detail, error_type)
+    if status == 422:
+        return FalValidationError(status, detail, error_type)
+    if status == 429:
+        return FalRateLimited(status, detail, error_type, _retry_after(headers))
+    if status >= 500:
+        return FalServerError(status, detail, error_type)
+    return FalHTTPError(status, detail, error_type)
+
+
+def _item_text(item: Any) -> str:
+    return str(item.get("msg", item)) if isinstance(item, Mapping) else str(item)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
