@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,7 @@ __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.kontext",)
+HEARTBEAT_SECONDS = 15.0
 REQUIRED_PERMISSIONS = discord.Permissions(
     view_channel=True,
     send_messages=True,
@@ -71,6 +74,7 @@ class KontextBot(commands.Bot):
         self.fal = fal
         self.store = store
         self.runner = JobRunner(fal, store, job_timeout=settings.job_timeout_seconds)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -92,7 +96,19 @@ class KontextBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+        if self.settings.heartbeat_path and self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(self.settings.heartbeat_path), name="heartbeat")
+
+    async def _beat(self, path: Path) -> None:
+        """Touch `path` while the gateway is connected, for the container's health check."""
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        while not self.is_closed():
+            if self.is_ready() and not self.ws.is_ratelimited() and self.latency < HEARTBEAT_SECONDS:
+                await asyncio.to_thread(path.touch)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         await self.runner.close()
         await super().close()

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
 
     # Storage and logs.
     database_path: Path = Path("data/kontext.sqlite3")
+    heartbeat_path: Path | None = None  # touched while connected; `python -m bot.health` reads it
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("fal_queue_url", "discord_api_url")
