@@ -21,7 +21,9 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """Every knob of the bot. Environment names are the upper-case field names."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore", frozen=True
+    )
 
     # Secrets.
     discord_token: SecretStr = Field(min_length=1)

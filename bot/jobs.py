@@ -87,6 +87,7 @@ class Job:
     def accepted(self, handle: QueueHandle) -> None:
         self.request_id, self.status_url = handle.request_id, handle.status_url
         self.response_url, self.cancel_url = handle.response_url, handle.cancel_url
+        self.queue_position = handle.queue_position
 
     def touch(self, **changes: Any) -> None:
         for name, value in changes.items():
@@ -165,6 +166,11 @@ class JobRunner:
     @property
     def active(self) -> int:
         return len(self._tasks)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is being followed (jobs started meanwhile are waited for too)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
         """Stop following jobs (they stay stored and resume on the next start)."""

@@ -45,9 +45,7 @@ def _state_line(job: Job, started: int, submitting: bool) -> str:
         return "⏳ Sending to the image service…"
     match job.state:
         case JobState.QUEUED:
-            ahead = job.queue_position
-            where = "next in line" if not ahead else f"{ahead} job(s) ahead"
-            return f"🕒 In queue: {where} · started <t:{started}:R>"
+            return f"🕒 {_queue_place(job.queue_position)} · started <t:{started}:R>"
         case JobState.RUNNING:
             return f"🎨 Generating · started <t:{started}:R>"
         case JobState.SUCCEEDED:
@@ -59,6 +57,12 @@ def _state_line(job: Job, started: int, submitting: bool) -> str:
             return "🚫 Cancelled. Nothing was generated."
         case JobState.FAILED:
             return f"❌ {job.error or 'The job failed.'}"
+
+
+def _queue_place(ahead: int | None) -> str:
+    if ahead is None:
+        return "In the queue"
+    return "In the queue: next in line" if ahead == 0 else f"In the queue: {ahead} job(s) ahead"
 
 
 def render_result(job: Job, *, posted: int, withheld: int, linked: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from bot.__main__ import fal_client
 from bot.config import Settings
 from bot.fal import FalClient
 from bot.store import SqliteJobStore
+from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import FakeFal
+from tests.harness import Harness, running_bot
 
 FAL_KEY = "fake-key:secret"
 DISCORD_TOKEN = "fake-discord-token.XYZ123"
@@ -34,12 +37,12 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "poll_max_interval_seconds": 0.2,
             "request_timeout_seconds": 5.0,
             "submit_timeout_seconds": 5.0,
-            "status_edit_interval_seconds": 0.0,
+            "status_edit_interval_seconds": 0.05,
             "cooldown_seconds": 0.0,
             "database_path": tmp_path / "kontext.sqlite3",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return make
 
@@ -65,3 +68,32 @@ def fal(session: aiohttp.ClientSession, fake_fal: FakeFal, make_settings: Settin
 async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
     async with SqliteJobStore(tmp_path / "jobs.sqlite3") as opened:
         yield opened
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(edit_rate=(5, 0.5)) as fake:  # Discord's 5 per 5 s, ten times faster
+        yield fake
+
+
+StartBot = Callable[..., AbstractAsyncContextManager[Harness]]
+
+
+@pytest.fixture
+def start_bot(
+    monkeypatch: pytest.MonkeyPatch, fake_fal: FakeFal, fake_discord: FakeDiscord, make_settings: SettingsFactory
+) -> StartBot:
+    """`async with start_bot(**setting_overrides) as harness:` runs the real bot against both fakes."""
+
+    def start(**overrides: Any) -> AbstractAsyncContextManager[Harness]:
+        settings = make_settings(fal_queue_url=fake_fal.base_url, discord_api_url=fake_discord.api_url, **overrides)
+        return running_bot(monkeypatch, fake_fal, settings, fake_discord)
+
+    return start
+
+
+@pytest.fixture
+async def harness(start_bot: StartBot) -> AsyncIterator[Harness]:
+    """The real bot against both fakes, with test-speed settings."""
+    async with start_bot() as running:
+        yield running

@@ -235,9 +235,7 @@ class FalClient:
                     raise http_error(response.status, await _read_json_or_text(response), response.headers)
                 if (response.content_length or 0) > limit:
                     raise FalProtocolError(f"result image larger than {limit} bytes")
-                data = await response.content.read(limit + 1)
-                if len(data) > limit:
-                    raise FalProtocolError(f"result image larger than {limit} bytes")
+                data = await _read_at_most(response.content, limit)
                 return Download(data, response.content_type or "application/octet-stream")
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _connection_error(exc) from exc
@@ -280,6 +278,7 @@ class FalClient:
             status_url=self._onto_base(body.get("status_url") or fallback.status_url),
             response_url=self._onto_base(body.get("response_url") or fallback.response_url),
             cancel_url=self._onto_base(body.get("cancel_url") or fallback.cancel_url),
+            queue_position=body["queue_position"] if isinstance(body.get("queue_position"), int) else None,
         )
 
     def _allowed_result_host(self, url: URL) -> bool:
@@ -302,6 +301,16 @@ async def _sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
             data.append(line[5:].lstrip(" "))
     if data:
         yield "\n".join(data)
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, refusing it once it grows past `limit` (a lying or missing Content-Length)."""
+    body = bytearray()
+    async for chunk in stream.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise FalProtocolError(f"result image larger than {limit} bytes")
+    return bytes(body)
 
 
 async def _read_json_or_text(response: aiohttp.ClientResponse) -> Any:

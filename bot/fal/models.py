@@ -93,6 +93,7 @@ class QueueHandle:
     status_url: str
     response_url: str
     cancel_url: str
+    queue_position: int | None = None  # as of the submit; not kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ handlers (startup, channels, interactions and webhooks) / rate limits / gateway 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -26,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -49,13 +50,17 @@ HEARTBEAT_INTERVAL_MS = 41_250
 MAX_FILES = 10
 MAX_CONTENT = 2000
 DEFAULT_RETRY_AFTER = 0.1
+READY_TIMEOUT = 10.0
+POLL_INTERVAL = 0.02
 RATE_LIMIT_BODY = "You are being rate limited."
 VIA = {"Via": "1.1 google"}
 
 # Message flags and permission values used below.
+SUPPRESS_EMBEDS = 1 << 2
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
-SETTABLE_FLAGS = (1 << 2) | EPHEMERAL | (1 << 12) | (1 << 15)  # suppress embeds/notifications, v2 components
+COMPONENTS_V2 = 1 << 15
+SETTABLE_FLAGS = SUPPRESS_EMBEDS | EPHEMERAL | (1 << 12) | COMPONENTS_V2  # 1 << 12: suppress notifications
 EVERYONE_PERMS = discord.Permissions(
     view_channel=True,
     send_messages=True,
@@ -87,7 +92,7 @@ class UploadedFile:
     field: str
     filename: str
     content_type: str
-    data: bytes = field(repr=False)
+    data: bytes = dataclasses.field(repr=False)
 
     @property
     def size(self) -> int:
@@ -248,7 +253,9 @@ def _upload_index(field_name: str) -> int | None:
 def _embed_problem(embed: Json) -> str | None:
     fields = embed.get("fields") or []
     parts = [embed.get("title"), embed.get("description"), (embed.get("footer") or {}).get("text")]
-    parts += [(embed.get("author") or {}).get("name")] + [f.get("name") for f in fields] + [f.get("value") for f in fields]
+    parts += (
+        [(embed.get("author") or {}).get("name")] + [f.get("name") for f in fields] + [f.get("value") for f in fields]
+    )
     if len(embed.get("title") or "") > 256 or len(embed.get("description") or "") > 4096 or len(fields) > 25:
         return "embed field too long"
     if sum(len(p or "") for p in parts) > 6000:
@@ -264,9 +271,9 @@ def _validate_message(message: Json) -> None:
         raise _invalid_form("embeds: Must be 10 or fewer in length.")
     if any(problem := _embed_problem(e) for e in message["embeds"]):
         raise _invalid_form(f"embeds: {problem}")
-    if not (message["content"] or message["embeds"] or message["attachments"] or message["components"]):
-        if not message.get("poll") and not message.get("sticker_items"):
-            raise ApiError(400, 50006, "Cannot send an empty message")
+    keys = ("content", "embeds", "attachments", "components", "poll", "sticker_items")
+    if not any(message.get(key) for key in keys):
+        raise ApiError(400, 50006, "Cannot send an empty message")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,7 +327,8 @@ class FakeDiscord:
         self._last_id = 0
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
         self._channel_log: dict[int, list[int]] = {}
-        self._files: dict[int, tuple[bytes, str]] = {}
+        self._files: dict[int, tuple[bytes, str]] = {}  # CDN bytes and content type by attachment id
+        self._attachment_objects: dict[int, Json] = {}
         self._expired_files: set[int] = set()
         self._interactions: dict[str, _Interaction] = {}
         self._failures: list[_Failure] = []
@@ -358,7 +366,7 @@ class FakeDiscord:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def patch_discord(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,10 +443,10 @@ class FakeDiscord:
     def _permissions(self, user_id: int) -> int:
         if user_id == self.owner_id:
             return discord.Permissions.all().value
-        roles = [str(self.guild_id), *self._members[user_id]["roles"]]
-        return int(
-            discord.utils.reduce(lambda a, b: a | b, (int(self._roles[int(r)]["permissions"]) for r in roles))
-        )
+        permissions = 0
+        for role_id in [str(self.guild_id), *self._members[user_id]["roles"]]:
+            permissions |= int(self._roles[int(role_id)]["permissions"])
+        return permissions
 
     def guild_payload(self) -> Json:
         """The full guild object as sent in GUILD_CREATE."""
@@ -520,7 +528,9 @@ class FakeDiscord:
             message["guild_id"] = channel["guild_id"]
         return {**message, **fields}
 
-    def _new_attachment(self, channel_id: int, filename: str, data: bytes, content_type: str | None, **extra: Any) -> Json:
+    def _new_attachment(
+        self, channel_id: int, filename: str, data: bytes, content_type: str | None, **extra: Any
+    ) -> Json:
         att_id = self._new_id()
         self._files[att_id] = (data, content_type or "application/octet-stream")
         path = f"attachments/{channel_id}/{att_id}/{quote(filename)}"
@@ -535,6 +545,7 @@ class FakeDiscord:
         if content_type is not None:
             attachment["content_type"] = content_type
         attachment.update({k: v for k, v in extra.items() if v is not None})
+        self._attachment_objects[att_id] = attachment
         return attachment
 
     # ------------------------------------------------------------------------ test-facing builders
@@ -599,13 +610,15 @@ class FakeDiscord:
     def message_command(
         self, name: str, message: Json, *, user_id: int | None = None, created_at: datetime | None = None
     ) -> Json:
-        """INTERACTION_CREATE data for a message context menu on ``message``."""
+        """INTERACTION_CREATE data for a message context menu on ``message`` (its current state is sent)."""
+        message = self._find_message(int(message["id"])) or message
         data = self._command_data(name, 3)
         data.update(target_id=message["id"], resolved={"messages": {message["id"]: message}})
         return self._interaction(2, data, user_id, int(message["channel_id"]), created_at, 23)
 
     def button(self, custom_id: str, message: Json, *, user_id: int | None = None) -> Json:
-        """INTERACTION_CREATE data for a button press on ``message`` (as the fake returned it)."""
+        """INTERACTION_CREATE data for a button press on ``message`` (its current state is sent)."""
+        message = self._find_message(int(message["id"])) or message
         data = {"custom_id": custom_id, "component_type": 2}
         return self._interaction(3, data, user_id, int(message["channel_id"]), None, 0, message=message)
 
@@ -657,16 +670,9 @@ class FakeDiscord:
         found = []
         for option in options:
             found += self._option_attachments(option.get("options", []))
-            if option.get("type") == 11 and int(option["value"]) in self._files:
-                found.append(self._known_attachment(int(option["value"])))
-        return [a for a in found if a]
-
-    def _known_attachment(self, att_id: int) -> Json:
-        for message in [*self.user_messages.values(), *self.messages.values()]:
-            for attachment in message["attachments"]:
-                if attachment["id"] == str(att_id):
-                    return dict(attachment)
-        return self._attachments_made.get(att_id, {})
+            if option.get("type") == 11 and (known := self._attachment_objects.get(int(option["value"]))):
+                found.append(known)
+        return found
 
     def _interaction(
         self,
@@ -730,7 +736,7 @@ class FakeDiscord:
 
     async def interact(self, payload: Json) -> None:
         """Dispatch INTERACTION_CREATE and start the acknowledgement clock (``ack_deadline``)."""
-        self._interactions[payload["token"]].dispatched_at = asyncio.get_running_loop().time()
+        self._interactions[payload["token"]].dispatched_at = self._now()
         await self.dispatch("INTERACTION_CREATE", payload)
 
     def fail_next(
@@ -747,9 +753,16 @@ class FakeDiscord:
         pattern = re.compile(path_regex)
         self._failures.append(_Failure(method.upper(), pattern, status, body, dict(headers or {}), times))
 
-    async def drop_gateway(self, code: int = 4000) -> None:
-        """Close every gateway socket from the server side; discord.py then reconnects and RESUMEs."""
-        for session in self._sessions.values():
+    async def drop_gateway(self, code: int = 4000, *, resumable: bool = True) -> None:
+        """Close every gateway socket from the server side; discord.py reconnects and RESUMEs.
+
+        With ``resumable=False`` the sessions are forgotten: the RESUME gets INVALID_SESSION and the client
+        identifies again (READY, GUILD_CREATE and ``on_ready`` a second time).
+        """
+        sessions = list(self._sessions.values())
+        if not resumable:
+            self._sessions.clear()
+        for session in sessions:
             ws, session.ws = session.ws, None
             if ws is not None:
                 await ws.close(code=code, message=b"dropped by the fake")
@@ -772,11 +785,12 @@ class FakeDiscord:
         raise LookupError("the bot has not opened a modal")
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-        """Wait until ``condition()`` holds; it is re-checked after every request and gateway frame."""
+        """Wait until ``condition()`` holds: re-checked after every request and gateway frame, and every 20 ms."""
         try:
             async with asyncio.timeout(timeout):
                 while not condition():
-                    await self._changed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), POLL_INTERVAL)
         except TimeoutError:
             recent = "\n".join(f"  {r.status} {r.method} {r.path}" for r in self.requests[-15:])
             raise TimeoutError(f"{what} not met within {timeout}s; last requests:\n{recent}") from None
@@ -803,6 +817,10 @@ class FakeDiscord:
         await self.wait_until(check, timeout, "wait_for_message")
         return found[0]
 
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -810,39 +828,45 @@ class FakeDiscord:
     # ---------------------------------------------------------------------------- REST plumbing
 
     def _build_routes(self) -> list[tuple[str, re.Pattern[str], _Handler]]:
+        app, channel = r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?", r"/channels/(?P<channel>\d+)"
+        message, hook = channel + r"/messages/(?P<message>\d+)", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"
+        reaction, hook_message = (
+            message + r"/reactions/(?P<emoji>[^/]+)",
+            hook + r"/messages/(?P<message>@original|\d+)",
+        )
         table: list[tuple[str, str, _Handler]] = [
             ("GET", r"/users/@me", self._get_me),
             ("GET", r"/users/(?P<user>\d+)", self._get_user),
             ("GET", r"/oauth2/applications/@me", self._get_app),
             ("GET", r"/gateway(?:/bot)?", self._get_gateway),
-            ("PUT", r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", self._put_commands),
-            ("GET", r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", self._get_commands),
+            ("PUT", app + "/commands", self._put_commands),
+            ("GET", app + "/commands", self._get_commands),
             ("GET", r"/guilds/(?P<guild>\d+)", self._get_guild),
             ("GET", r"/guilds/(?P<guild>\d+)/channels", self._get_guild_channels),
             ("GET", r"/guilds/(?P<guild>\d+)/members/(?P<user>\d+)", self._get_member),
-            ("GET", r"/channels/(?P<channel>\d+)", self._get_channel),
-            ("POST", r"/channels/(?P<channel>\d+)/typing", self._post_typing),
-            ("GET", r"/channels/(?P<channel>\d+)/messages", self._get_history),
-            ("POST", r"/channels/(?P<channel>\d+)/messages", self._post_message),
-            ("GET", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)", self._get_message),
-            ("PATCH", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)", self._patch_message),
-            ("DELETE", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)", self._delete_message),
-            ("POST", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)/threads", self._post_message_thread),
-            ("POST", r"/channels/(?P<channel>\d+)/threads", self._post_thread),
-            ("PUT", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)/reactions/(?P<emoji>[^/]+)/@me", self._put_reaction),
-            ("DELETE", r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)/reactions/(?P<emoji>[^/]+)/(?P<user>@me|\d+)", self._delete_reaction),
+            ("GET", channel, self._get_channel),
+            ("POST", channel + "/typing", self._post_typing),
+            ("GET", channel + "/messages", self._get_history),
+            ("POST", channel + "/messages", self._post_message),
+            ("POST", channel + "/threads", self._post_thread),
+            ("GET", message, self._get_message),
+            ("PATCH", message, self._patch_message),
+            ("DELETE", message, self._delete_message),
+            ("POST", message + "/threads", self._post_message_thread),
+            ("PUT", reaction + "/@me", self._put_reaction),
+            ("DELETE", reaction + r"/(?P<user>@me|\d+)", self._delete_reaction),
             ("POST", r"/attachments/refresh-urls", self._refresh_urls),
             ("POST", r"/interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", self._post_callback),
-            ("POST", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)", self._post_followup),
-            ("GET", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)", self._get_webhook_message),
-            ("PATCH", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)", self._patch_webhook_message),
-            ("DELETE", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<message>@original|\d+)", self._delete_webhook_message),
-        ]  # fmt: skip
+            ("POST", hook, self._post_followup),
+            ("GET", hook_message, self._get_webhook_message),
+            ("PATCH", hook_message, self._patch_webhook_message),
+            ("DELETE", hook_message, self._delete_webhook_message),
+        ]
         return [(method, re.compile(pattern), handler) for method, pattern, handler in table]
 
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
         rec = Recorded(request.method, request.path.removeprefix(API_PREFIX), dict(request.query))
-        rec.time = asyncio.get_running_loop().time()
+        rec.time = self._now()
         try:
             response = await self._answer(request, rec)
         except ApiError as exc:
@@ -894,7 +918,7 @@ class FakeDiscord:
             raise ApiError(400, 30015, f"Maximum number of attachments in a message reached ({MAX_FILES})")
 
     async def _handle_cdn(self, request: web.Request) -> web.StreamResponse:
-        rec = Recorded("GET", request.path, dict(request.query), time=asyncio.get_running_loop().time())
+        rec = Recorded("GET", request.path, dict(request.query), time=self._now())
         match = _CDN_PATH.fullmatch(request.path)
         att_id = int(match["att"]) if match else 0
         stored = self._files.get(att_id)
@@ -1168,9 +1192,12 @@ class FakeDiscord:
         if "components" in payload:
             edited["components"] = payload["components"] or []
         if payload.get("flags") is not None:
-            edited["flags"] = edited["flags"] & ~(1 << 2) | int(payload["flags"]) & (1 << 2)
+            new_flags = int(payload["flags"])  # suppress-embeds can be toggled; components v2 only switched on
+            edited["flags"] = edited["flags"] & ~SUPPRESS_EMBEDS | new_flags & (SUPPRESS_EMBEDS | COMPONENTS_V2)
         if "attachments" in payload or files:
-            edited["attachments"] = self._attachments(int(message["channel_id"]), payload, files, message["attachments"])
+            edited["attachments"] = self._attachments(
+                int(message["channel_id"]), payload, files, message["attachments"]
+            )
         _validate_message(edited)
         self._store(edited, by_bot=True)
         await self._announce("MESSAGE_UPDATE", edited)
@@ -1191,7 +1218,9 @@ class FakeDiscord:
         if not message["flags"] & EPHEMERAL:
             await self._broadcast(event, message)
 
-    def _attachments(self, channel_id: int, payload: Json, files: list[UploadedFile], existing: list[Json]) -> list[Json]:
+    def _attachments(
+        self, channel_id: int, payload: Json, files: list[UploadedFile], existing: list[Json]
+    ) -> list[Json]:
         """New attachment list: kept ``existing`` ones named in ``payload["attachments"]`` plus the uploads."""
         uploads = {index: f for f in files if (index := _upload_index(f.field)) is not None}
         specs = payload.get("attachments")
@@ -1216,12 +1245,7 @@ class FakeDiscord:
         attachment = self._new_attachment(channel_id, filename, upload.data, content_type, **extra)
         if spec.get("description"):
             attachment["description"] = spec["description"]
-        self._attachments_made[int(attachment["id"])] = attachment
         return attachment
-
-    @property
-    def _attachments_made(self) -> dict[int, Json]:
-        return self.__dict__.setdefault("_made", {})
 
     def _mentions(self, content: str, allowed: Json | None) -> Json:
         ids = {int(i) for i in _USER_MENTION.findall(content)}
@@ -1234,11 +1258,16 @@ class FakeDiscord:
 
     def _reply_fields(self, channel_id: int, reference: Json) -> Json:
         target = self._find_message(int(reference["message_id"]))
-        if target is None or target["channel_id"] != str(reference.get("channel_id", channel_id)):
+        if target is None or target["channel_id"] != str(reference.get("channel_id") or channel_id):
             if reference.get("fail_if_not_exists", True):
                 raise _invalid_form("message_reference: Unknown message")
             return {}
-        ref = {"type": 0, "message_id": target["id"], "channel_id": target["channel_id"], "guild_id": str(self.guild_id)}
+        ref = {
+            "type": 0,
+            "message_id": target["id"],
+            "channel_id": target["channel_id"],
+            "guild_id": str(self.guild_id),
+        }
         return {"type": 19, "message_reference": ref, "referenced_message": target}
 
     # ------------------------------------------------------------- REST: interactions, webhooks
@@ -1247,12 +1276,11 @@ class FakeDiscord:
         inter = self._interactions.get(call.params["token"])
         if inter is None or inter.id != call.id("iid") or inter.expired():
             raise ApiError(404, 10062, "Unknown interaction")
-        now = asyncio.get_running_loop().time()
-        if inter.callback_type is None and inter.dispatched_at is not None:
-            if now - inter.dispatched_at > self.ack_deadline:
-                raise ApiError(404, 10062, "Unknown interaction")
         if inter.callback_type is not None:
             raise ApiError(400, 40060, "Interaction has already been acknowledged.")
+        late = inter.dispatched_at is not None and self._now() - inter.dispatched_at > self.ack_deadline
+        if late:
+            raise ApiError(404, 10062, "Unknown interaction")
         return inter
 
     async def _post_callback(self, call: _Call) -> web.Response:
@@ -1270,7 +1298,9 @@ class FakeDiscord:
             raise
         return _json(self._callback_body(inter, kind, message))
 
-    async def _callback_message(self, inter: _Interaction, kind: int, data: Json, files: list[UploadedFile]) -> Json | None:
+    async def _callback_message(
+        self, inter: _Interaction, kind: int, data: Json, files: list[UploadedFile]
+    ) -> Json | None:
         if kind in (4, 5):
             flags = (LOADING if kind == 5 else 0) | (int(data.get("flags") or 0) & EPHEMERAL)
             message = await self._create_message(
@@ -1374,7 +1404,7 @@ class FakeDiscord:
         if key is None:
             return {}
         limit, per = self.edit_rate
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         window = self._windows.get(key)
         if window is None or now >= window.start + per:
             window = self._windows[key] = _Window(now)
@@ -1532,7 +1562,11 @@ async def _read_multipart(request: web.Request) -> tuple[Any, list[UploadedFile]
 
 
 @asynccontextmanager
-async def run_client(client: discord.Client, fake: FakeDiscord, token: str = "fake-token") -> AsyncIterator[None]:
+async def run_client(
+    client: discord.Client,
+    fake: FakeDiscord,
+    token: str = "fake-token",  # noqa: S107
+) -> AsyncIterator[None]:
     """Log ``client`` in against ``fake``, run ``connect()`` as a task until ready, and shut it down after.
 
     Raises if ``connect()`` ends before ready or dies with an exception while the block runs. Create the
@@ -1551,16 +1585,16 @@ async def run_client(client: discord.Client, fake: FakeDiscord, token: str = "fa
         raise RuntimeError("client.connect() died during the test") from error
 
 
-async def _wait_ready(client: discord.Client, task: asyncio.Task[None], timeout: float = 10.0) -> None:
+async def _wait_ready(client: discord.Client, task: asyncio.Task[None]) -> None:
     ready = asyncio.create_task(client.wait_until_ready())
-    done, _ = await asyncio.wait({ready, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({ready, task}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     if ready in done:
         return
     ready.cancel()
     await asyncio.gather(ready, return_exceptions=True)
     if task in done:
         raise RuntimeError("client.connect() ended before the client was ready") from task.exception()
-    raise TimeoutError(f"client not ready after {timeout}s")
+    raise TimeoutError(f"client not ready after {READY_TIMEOUT}s")
 
 
 async def _finish(task: asyncio.Task[None] | None) -> BaseException | None:
