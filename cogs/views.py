@@ -105,18 +105,19 @@ class PromptModal(discord.ui.Modal):
         super().__init__(title=title[:45], timeout=600)
         self._on_values = on_values
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="Prompt", style=discord.TextStyle.paragraph, default=default_prompt[:max_length] or None,
+            label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph,
+            default=default_prompt[:max_length] or None,
             max_length=min(max_length, 4000), placeholder="What should change? e.g. put the cat from image 2 on a sofa",
         )  # fmt: skip
         self.num_images: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="Number of results (1-4)", default="1", max_length=1, required=False
+            label="Number of results (1-4)", custom_id="num_images", default="1", max_length=1, required=False
         )
         self.add_item(self.prompt)
         self.add_item(self.num_images)
         self.which: discord.ui.TextInput[PromptModal] | None = None
         if image_count > 1:
-            self.which = discord.ui.TextInput(label=f"Which result to edit (1-{image_count})", default="1",
-                                              max_length=1, required=False)  # fmt: skip
+            self.which = discord.ui.TextInput(label=f"Which result to edit (1-{image_count})", custom_id="which",
+                                              default="1", max_length=1, required=False)  # fmt: skip
             self.add_item(self.which)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
