@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 __all__ = ("ConfigError", "Settings", "load_settings")
 
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_auth_scheme: Literal["Key", "Bearer"] = "Key"
     fal_endpoint: str = "fal-ai/flux-pro/kontext/max/multi"
-    fal_result_hosts: tuple[str, ...] = ("fal.media", "v3.fal.media", "v3b.fal.media", "storage.googleapis.com")
+    fal_result_hosts: Annotated[tuple[str, ...], NoDecode] = (
+        "fal.media", "v3.fal.media", "v3b.fal.media", "storage.googleapis.com",
+    )  # fmt: skip
     fal_start_timeout_seconds: float = Field(default=900.0, gt=1)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     poll_max_interval_seconds: float = Field(default=10.0, gt=0)
@@ -62,13 +65,24 @@ class Settings(BaseSettings):
     daily_images_per_user: int = Field(default=20, ge=0)
     daily_images_per_guild: int = Field(default=200, ge=0)
     cooldown_seconds: float = Field(default=10.0, ge=0)
-    allowed_guild_ids: tuple[int, ...] = ()
-    allowed_role_ids: tuple[int, ...] = ()
+    allowed_guild_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    allowed_role_ids: Annotated[tuple[int, ...], NoDecode] = ()
 
     # Storage and logs.
     database_path: Path = Path("data/kontext.sqlite3")
     heartbeat_path: Path | None = None  # touched while connected; `python -m bot.health` reads it
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", mode="before")
+    @classmethod
+    def _list_from_env(cls, value: Any) -> Any:
+        """Lists in the environment may be JSON (`[1, 2]`) or comma separated (`1,2`)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
 
     @field_validator("fal_queue_url", "discord_api_url")
     @classmethod
@@ -99,6 +113,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]  # values come from env; overrides are for tests
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except (SettingsError, ValueError) as exc:  # a value pydantic-settings could not even decode
+        raise ConfigError(f"Invalid configuration: {exc}") from None
 
 
 def _describe(exc: ValidationError) -> str:

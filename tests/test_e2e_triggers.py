@@ -17,8 +17,12 @@ def result_messages(harness: Harness) -> list[Json]:
 
 
 def button(message: Json, action: str) -> str:
-    ids = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids: list[str] = [c["custom_id"] for row in message["components"] for c in row["components"]]
     return next(i for i in ids if i.startswith(f"kontext:{action}:"))
+
+
+def _replies_to(message: Json, target: Json) -> bool:
+    return bool(message.get("message_reference", {}).get("message_id") == target["id"])
 
 
 async def delivered_job(harness: Harness, **options) -> Json:
@@ -226,7 +230,7 @@ async def test_cost_is_shown_with_the_job_and_usage_reports_it(start_bot: StartB
 
         for count, user_id in enumerate((fake_discord.owner_id, fake_discord.other_user_id), start=1):
             await harness.discord.interact(harness.discord.slash("kontext-usage", [], user_id=user_id))
-            await harness.discord.wait_until(lambda n=count: len(harness.ephemeral_replies()) == n)
+            await harness.discord.wait_until(lambda n=count: len(harness.ephemeral_replies()) == n)  # type: ignore[misc]
 
         admin, member = harness.ephemeral_replies()
         assert "**You**: 3 of 20 images today (≈$0.15)" in admin and "**This server**: 3 of 200" in admin

@@ -142,8 +142,11 @@ async def collect(
 def assert_no_secret(exc: BaseException, key: str = KEY) -> None:
     """Neither the key nor its secret half may show up in an error's text or in the user-facing message."""
     secret = key.split(":")[-1]
-    for text in (str(exc), repr(exc)):
-        assert key not in text and secret not in text
+    chained: BaseException | None = exc
+    while chained is not None:  # the whole chain: a logged traceback shows every cause
+        for text in (str(chained), repr(chained)):
+            assert key not in text and secret not in text
+        chained = chained.__cause__ or chained.__context__
     if isinstance(exc, FalError):
         user_text = describe_failure(exc)
         assert key not in user_text and secret not in user_text
@@ -205,7 +208,12 @@ async def test_submit_watch_result_download(fake: FakeFal, session: aiohttp.Clie
 
     submit, *_ = fake.requests
     assert (submit.kind, submit.method, submit.path) == ("submit", "POST", f"/{ENDPOINT}")
-    assert submit.json == INPUT.to_payload() == {**INPUT.to_payload(), "num_images": 1, "output_format": "jpeg"}
+    assert submit.json == {
+        "prompt": INPUT.prompt,
+        "image_urls": list(INPUT.image_urls),
+        "num_images": 1,
+        "output_format": "jpeg",
+    }
     assert all(r.headers["authorization"] == f"Key {KEY}" for r in queue_requests(fake))
     (file_request,) = [r for r in fake.requests if r.kind == "file"]
     assert "authorization" not in file_request.headers  # the key never goes to the image host

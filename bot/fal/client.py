@@ -36,6 +36,7 @@ __all__ = ("Download", "FalClient", "FalClientOptions")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NAMESPACES = ("workflows", "comfy")  # these keep one more path segment in the app root
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,9 @@ class FalClient:
 
     @property
     def app_root(self) -> str:
-        return "/".join(self.endpoint.split("/")[:2])
+        """`owner/alias` of the endpoint: fal serves status and results there, without the sub-path."""
+        parts = self.endpoint.split("/")
+        return "/".join(parts[: 3 if parts[0] in NAMESPACES else 2])
 
     async def status(self, handle: QueueHandle) -> QueueStatus:
         return parse_status(await self._send("GET", URL(handle.status_url).update_query(logs="1")))
@@ -139,11 +142,12 @@ class FalClient:
 
     async def _stream_statuses(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
         """Follow `/status/stream`; reconnect a few times, then give up quietly so polling takes over."""
-        failures = 0
+        failures, last = 0, None
         while failures < self._options.stream_attempts:
             try:
                 async for status in self._read_stream(URL(f"{handle.status_url}/stream").update_query(logs="1")):
-                    failures = 0
+                    if status != last:  # only progress earns more reconnects: a stream cut after
+                        failures, last = 0, status  # every event must not loop forever
                     yield status
                     if isinstance(status, Completed):
                         return

@@ -150,7 +150,7 @@ def http_error(status: int, body: Any, headers: Mapping[str, str], *, during_res
     error_type = (body.get("error_type") if isinstance(body, Mapping) else None) or headers.get("x-fal-error-type")
     if status in (401, 403):
         return FalAuthError(status, detail, error_type)
-    if during_result and not (status >= 500 and error_type is None):  # a bare 5xx is the proxy, not the job
+    if during_result and _job_failure(status, error_type):
         return FalRequestFailed(status, detail, error_type)
     if status == 422:
         return FalValidationError(status, detail, error_type)
@@ -159,6 +159,13 @@ def http_error(status: int, body: Any, headers: Mapping[str, str], *, during_res
     if status >= 500:
         return FalServerError(status, detail, error_type)
     return FalHTTPError(status, detail, error_type)
+
+
+def _job_failure(status: int, error_type: str | None) -> bool:
+    """On the result endpoint most errors are the job's own; 408/429 and a bare 5xx are the way there."""
+    if status in (408, 429):
+        return False
+    return not (status >= 500 and error_type is None)
 
 
 def _item_text(item: Any) -> str:

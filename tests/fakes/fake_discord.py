@@ -332,6 +332,8 @@ class FakeDiscord:
         self._expired_files: set[int] = set()
         self._interactions: dict[str, _Interaction] = {}
         self._failures: list[_Failure] = []
+        self._delays: list[tuple[str, re.Pattern[str], float]] = []
+        self._closing = asyncio.Event()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._sessions: dict[str, _Session] = {}
         self._sockets: set[web.WebSocketResponse] = set()
@@ -356,6 +358,7 @@ class FakeDiscord:
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway/"
 
     async def close(self) -> None:
+        self._closing.set()  # ends delay_next() waits
         for ws in list(self._sockets):
             await ws.close(code=1001)
         if self._runner is not None:
@@ -753,6 +756,20 @@ class FakeDiscord:
         pattern = re.compile(path_regex)
         self._failures.append(_Failure(method.upper(), pattern, status, body, dict(headers or {}), times))
 
+    def delay_next(self, method: str, path_regex: str, seconds: float) -> None:
+        """Handle the next matching request at once (the message exists) but answer only ``seconds`` later:
+        the client is left not knowing whether it worked, as when a process dies mid-request."""
+        self._delays.append((method.upper(), re.compile(path_regex), seconds))
+
+    async def _delay_answer(self, rec: Recorded) -> None:
+        for delay in self._delays:
+            method, pattern, seconds = delay
+            if method == rec.method and pattern.fullmatch(rec.path):
+                self._delays.remove(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), seconds)
+                return
+
     async def drop_gateway(self, code: int = 4000, *, resumable: bool = True) -> None:
         """Close every gateway socket from the server side; discord.py reconnects and RESUMEs.
 
@@ -894,6 +911,11 @@ class FakeDiscord:
         headers = self._take_rate_limit(rec)
         response = await handler(_Call(rec, params))
         response.headers.update(headers)
+        if self._delays:
+            self.requests.append(rec)  # visible while the answer is held back
+            self._notify()
+            await self._delay_answer(rec)
+            self.requests.remove(rec)
         return response
 
     def _route(self, method: str, path: str) -> tuple[_Handler | None, dict[str, str]]:

@@ -1,0 +1,118 @@
+"""Paid jobs survive the bot being killed hard (SIGKILL) at the worst moments: each is delivered once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from bot.jobs import Job, JobState
+from bot.store import SqliteJobStore
+from tests.bot_process import BotProcess, bot_environment
+from tests.fakes.fake_discord import FakeDiscord
+from tests.fakes.fake_fal import FakeFal, JobScript
+from tests.fakes.images import make_png
+from tests.harness import Json
+
+StartProcess = Callable[[], BotProcess]
+
+
+@pytest.fixture
+async def bot_processes(fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path) -> AsyncIterator[StartProcess]:
+    """Makes bot processes sharing one database; kills any still running at the end."""
+    started: list[BotProcess] = []
+    env = bot_environment(fake_discord, fake_fal, tmp_path / "kontext.sqlite3")
+
+    def make() -> BotProcess:
+        process = BotProcess(env, tmp_path)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        await process.kill()
+
+
+async def run_kontext(discord: FakeDiscord) -> Json:
+    image = discord.add_attachment("in.png", make_png(16, 16))
+    options = [
+        {"name": "prompt", "type": 3, "value": "paint it gold"},
+        {"name": "image1", "type": 11, "value": image["id"]},
+    ]
+    payload = discord.slash("kontext", options, attachments=[image])
+    await discord.interact(payload)
+    return payload
+
+
+def result_messages(discord: FakeDiscord) -> list[Json]:
+    return [m for m in discord.messages.values() if "here is your edit" in m["content"]]
+
+
+async def stored_jobs(path: Path) -> list[Job]:
+    async with SqliteJobStore(path) as store:
+        async with store.db.execute("SELECT id FROM jobs") as cursor:
+            ids = [row[0] for row in await cursor.fetchall()]
+        return [job for job_id in ids if (job := await store.get(job_id)) is not None]
+
+
+async def test_killed_while_queued_the_job_is_resumed_and_delivered_once(
+    bot_processes: StartProcess, fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path
+):
+    fake_fal.add_script(JobScript(queue_positions=(2,), hold=True))
+    first = bot_processes()
+    await first.start()
+    payload = await run_kontext(fake_discord)
+    await fake_discord.wait_for_message(lambda m: "2 job(s) ahead" in m["content"], timeout=10)
+
+    await first.kill()
+    fake_fal.release(next(iter(fake_fal.jobs)))  # fal finishes the job while the bot is down
+    second = bot_processes()
+    await second.start()
+    await fake_discord.wait_for_message(lambda m: "✅ Done" in m["content"], timeout=15)
+
+    [message] = result_messages(fake_discord)
+    assert fake_fal.count("submit") == 1
+    [job] = await stored_jobs(tmp_path / "kontext.sqlite3")
+    assert job.state is JobState.DELIVERED and job.id in str(message["components"])
+    assert first.errors() == [] and second.errors() == []
+    assert payload["token"] not in "".join(second.lines)  # the dead token is never used after the restart
+
+
+async def test_killed_mid_delivery_the_results_are_not_posted_twice(
+    bot_processes: StartProcess, fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path
+):
+    fake_discord.delay_next("POST", r"/channels/\d+/messages", 60)  # stored at once, answered a minute later
+    first = bot_processes()
+    await first.start()
+    await run_kontext(fake_discord)
+    await fake_discord.wait_until(lambda: bool(result_messages(fake_discord)), timeout=10)
+
+    await first.kill()  # Discord has the message; the bot never heard back
+    second = bot_processes()
+    await second.start()
+    await fake_discord.wait_for_message(lambda m: "✅ Done" in m["content"], timeout=15)
+
+    assert len(result_messages(fake_discord)) == 1
+    assert fake_fal.count("submit") == 1
+    [job] = await stored_jobs(tmp_path / "kontext.sqlite3")
+    assert job.state is JobState.DELIVERED
+    assert any("already delivered" in line for line in second.lines)
+
+
+async def test_sigterm_stops_cleanly_and_the_next_start_finishes_the_job(
+    bot_processes: StartProcess, fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path
+):
+    fake_fal.add_script(JobScript(queue_positions=(1,), hold=True))
+    first = bot_processes()
+    await first.start()
+    await run_kontext(fake_discord)
+    await fake_discord.wait_for_message(lambda m: "1 job(s) ahead" in m["content"], timeout=10)
+
+    assert await first.terminate() == 0
+    fake_fal.release(next(iter(fake_fal.jobs)))
+    second = bot_processes()
+    await second.start()
+    await fake_discord.wait_for_message(lambda m: "✅ Done" in m["content"], timeout=15)
+
+    assert len(result_messages(fake_discord)) == 1 and first.errors() == []
