@@ -179,15 +179,30 @@ def test_env_parsing_of_lists_and_scalars(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.usefixtures("secrets_env")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_settings only catches pydantic.ValidationError; a list variable that is not JSON makes "
-    "pydantic-settings raise SettingsError, so `python -m bot` dies with a traceback (exit 1) instead of exit 2",
-)
-def test_non_json_list_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lists_may_be_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLOWED_GUILD_IDS", "1,2")
+    monkeypatch.setenv("ALLOWED_ROLE_IDS", " 3 , 4 ,")
+    monkeypatch.setenv("FAL_RESULT_HOSTS", "127.0.0.1, cdn.example")
+    settings = load_settings(_env_file=None)
+    assert (settings.allowed_guild_ids, settings.allowed_role_ids) == ((1, 2), (3, 4))
+    assert settings.fal_result_hosts == ("127.0.0.1", "cdn.example")
+
+
+@pytest.mark.usefixtures("secrets_env")
+@pytest.mark.parametrize("value", ["[1,", "1,two", '{"a": 1}'])
+def test_undecodable_list_is_a_config_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Regression: a list that pydantic-settings could not decode escaped load_settings as a raw SettingsError,
+    so `python -m bot` died with a traceback (exit 1) instead of a clean message (exit 2)."""
+    monkeypatch.setenv("ALLOWED_GUILD_IDS", value)
     text = config_error()
     assert "ALLOWED_GUILD_IDS" in text
+
+
+def test_python_m_bot_bad_list_exits_2(tmp_path: Path) -> None:
+    done = run_bot(tmp_path, DISCORD_TOKEN=DISCORD_TOKEN, FAL_KEY=FAL_KEY, ALLOWED_GUILD_IDS="[1,")
+    assert done.returncode == 2, done.stderr
+    assert "ALLOWED_GUILD_IDS" in done.stderr and "Traceback" not in done.stderr
+    assert_no_secret(done.stderr + done.stdout)
 
 
 # -- secrets stay secret ---------------------------------------------------------------------
