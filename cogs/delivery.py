@@ -113,7 +113,7 @@ class DiscordJobSink:
         channel = await self._channel(job.channel_id)
         if job.origin_message_id is None or not isinstance(channel, discord.TextChannel):
             return None  # DMs, threads, forums and voice chats: post in place
-        name = f"Kontext: {job.request.prompt}"[:100]
+        name = f"Kontext: {' '.join(job.request.prompt.split())}"[:100]  # one line, Discord's limit
         try:
             thread = await channel.get_partial_message(job.origin_message_id).create_thread(name=name)
         except discord.HTTPException as exc:

@@ -3,9 +3,7 @@ to fal, then the runner. Also resumes stored jobs after a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ import discord
 from bot.fal import FalError, KontextInput
 from bot.jobs import Job, JobState
 from bot.messages import describe_failure
-from bot.quota import QuotaDenied, Quotas
+from bot.quota import QuotaDenied, QuotaExceeded, Quotas
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import UserFacingError
 from cogs.render import render_status
@@ -48,7 +46,6 @@ class Launcher:
         self.bot = bot
         self.settings = bot.settings
         self.quotas = Quotas(bot.store, bot.settings)
-        self._user_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def from_interaction(
         self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin
@@ -83,16 +80,17 @@ class Launcher:
 
     @asynccontextmanager
     async def _admitted(self, origin: Origin, request: KontextInput) -> AsyncIterator[Job]:
-        """Checks access and quotas; holding the user's lock until the job is stored stops a
-        double click from slipping past the concurrency limit."""
+        """Access and quota checks; the job's quota is held until it is stored (or failed)."""
         self.check_access(origin.user, origin.guild_id)
-        async with self._user_locks[origin.user.id]:
-            denial = await self.quotas.check(
-                user_id=origin.user.id, guild_id=origin.guild_id, images=request.num_images, now=datetime.now(UTC)
+        now = datetime.now(UTC)
+        try:
+            reservation = self.quotas.reserve(
+                user_id=origin.user.id, guild_id=origin.guild_id, images=request.num_images, now=now
             )
-            if denial:
-                raise UserFacingError(_denial_text(denial))
-            yield self._new_job(request, origin)
+            async with reservation:
+                yield self._new_job(request, origin)
+        except QuotaExceeded as exc:
+            raise UserFacingError(_denial_text(exc.denial)) from None
 
     def _new_job(self, request: KontextInput, origin: Origin) -> Job:
         return Job(

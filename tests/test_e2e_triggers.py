@@ -235,3 +235,17 @@ async def test_cost_is_shown_with_the_job_and_usage_reports_it(start_bot: StartB
         admin, member = harness.ephemeral_replies()
         assert "**You**: 3 of 20 images today (≈$0.15)" in admin and "**This server**: 3 of 200" in admin
         assert "**You**: 0 of 20" in member and "This server" not in member
+
+
+async def test_a_double_click_is_refused_at_once_even_while_the_first_submit_is_slow(start_bot: StartBot):
+    async with start_bot(max_concurrent_jobs_per_user=1) as harness:
+        harness.discord.ack_deadline = 0.5
+        harness.fal.slow("submit", 1.5)
+        first = await harness.kontext()
+        await harness.kontext("again")
+        await harness.discord.wait_until(lambda: bool(harness.ephemeral_replies()), timeout=1.0)
+
+        assert "already have 1 job(s) running" in harness.ephemeral_replies()[0]
+        assert "✅ Done" in await harness.final_status(first["token"])
+        assert len(submits(harness)) == 1
+        assert all(r.status == 200 for r in harness.discord.callbacks())  # both answered within the deadline
