@@ -70,7 +70,7 @@ class Settings(BaseSettings):
 
     # Storage and logs.
     database_path: Path = Path("data/kontext.sqlite3")
-    heartbeat_path: Path | None = None  # touched while connected; `python -m bot.health` reads it
+    heartbeat_path: Path | None = Path("data/heartbeat")  # touched while connected; read by `python -m bot.health`
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", mode="before")

@@ -586,11 +586,6 @@ async def test_rate_limited_result_is_retried(fake: FakeFal, client: FalClient, 
     assert [(c.attempt, c.retry_after) for c in backoffs] == [(1, 0.01)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http_error treats 408 on the result endpoint as not the job's failure (_job_failure) but maps it "
-    "to a plain FalHTTPError, which retryable_read does not retry: the finished job is reported as failed",
-)
 async def test_request_timeout_408_on_result_is_retried(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(instant())
     handle = await client.submit(INPUT)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import random
 
-from .errors import FalConnectionError, FalError, FalRateLimited, FalServerError, FalSubmitUnconfirmed, FalTimeout
+from .errors import (
+    FalConnectionError,
+    FalError,
+    FalHTTPError,
+    FalRateLimited,
+    FalServerError,
+    FalSubmitUnconfirmed,
+    FalTimeout,
+)
 
 __all__ = ("backoff_delay", "retryable_read", "retryable_submit")
 
@@ -22,11 +30,13 @@ def retryable_submit(error: FalError) -> bool:
 
 
 def retryable_read(error: FalError) -> bool:
-    """Status, result and cancel calls are idempotent: retry transient failures."""
+    """Status, result and cancel calls are idempotent: retry transient failures (408 included)."""
+    if isinstance(error, FalHTTPError) and error.status == 408:
+        return True
     return isinstance(error, FalConnectionError | FalTimeout | FalRateLimited | FalServerError)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter; a server's Retry-After wins when it is larger."""
-    delay = random.uniform(base / 2, min(cap, base * 2**attempt))
+    delay = random.uniform(min(base / 2, cap), min(cap, base * 2**attempt))
     return max(delay, min(retry_after or 0.0, cap))
