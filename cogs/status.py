@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 TOKEN_MARGIN = timedelta(seconds=60)
 NO_MENTIONS = discord.AllowedMentions.none()
 SETTLE_SECONDS = 30.0
+EDIT_ATTEMPTS = 3
 
 
 class StatusTarget(Protocol):
@@ -98,15 +99,28 @@ class StatusMessage:
         self._shown = (render_status(job, submitting=submitting), not job.state.finished)
 
     async def _editor(self) -> None:
+        failures = 0
         while True:
             await self._sleep_until_needed()
             if self._token_running_out():
                 await self._move_to_channel()
-            if self._wanted != self._shown and self._wanted is not None:
-                await self._edit(self._wanted)
-            if self._wanted is not None and not self._wanted[1] and self._wanted == self._shown:
+            wanted = self._wanted
+            if wanted is not None and wanted != self._shown:
+                await self._edit(wanted)
+                failures = 0 if self._shown == wanted else failures + 1
+                if failures:
+                    self._give_up_or_retry(wanted, failures)
+            if wanted is not None and not wanted[1] and wanted == self._shown:
                 return
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._interval * (1 + failures))
+
+    def _give_up_or_retry(self, wanted: tuple[str, bool], failures: int) -> None:
+        """A failed edit is tried again; after a few failures that text is dropped (a newer one may work)."""
+        if failures >= EDIT_ATTEMPTS:
+            log.warning("giving up showing a status of job %s after %d failed edits", self._job.id, failures)
+            self._shown = wanted
+        else:
+            self._wake.set()
 
     async def _sleep_until_needed(self) -> None:
         with contextlib.suppress(TimeoutError):
