@@ -112,13 +112,15 @@ class Kontext(commands.Cog):
         *, source: str, message_id: int | None = None, use_pin: bool = True,
     ) -> None:  # fmt: skip
         """Validate, then launch; a problem becomes an ephemeral message and no fal call."""
+        pinned = await self._pinned_input(interaction.user.id) if use_pin else None
         try:
-            if use_pin:
-                images = await self._with_pinned_input(interaction.user.id, images)
-            request = build_request(prompt, images, options, self.bot.settings)
+            request = build_request(prompt, [*pinned, *images] if pinned else images, options, self.bot.settings)
             await self._launch_request(interaction, request, source=source, message_id=message_id)
         except UserFacingError as exc:
             await send_ephemeral(interaction, str(exc))
+            return
+        if pinned:
+            await self.bot.store.unpin_input(interaction.user.id)  # used up only once a job was launched
 
     async def _launch_request(
         self, interaction: discord.Interaction[Any], request: KontextInput, *, source: str, message_id: int | None
@@ -129,12 +131,10 @@ class Kontext(commands.Cog):
         origin = Origin(interaction.user, channel_id, interaction.guild_id, source, message_id)
         await self.launcher.from_interaction(interaction, request, origin)
 
-    async def _with_pinned_input(self, user_id: int, images: list[ImageRef]) -> list[ImageRef]:
+    async def _pinned_input(self, user_id: int) -> list[ImageRef]:
+        """The image the user saved with "Use as input", if any (it comes first)."""
         pinned = await self.bot.store.pinned_input(user_id, datetime.now(UTC) - PIN_LIFETIME)
-        if pinned is None:
-            return images
-        await self.bot.store.unpin_input(user_id)
-        return [ImageRef(pinned[0], "pinned", content_type=pinned[1]), *images]
+        return [ImageRef(pinned[0], "pinned", content_type=pinned[1])] if pinned else []
 
     # --- "Edit with Kontext" message menu -----------------------------------------------------
 
