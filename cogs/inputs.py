@@ -6,6 +6,7 @@ Everything here runs before any paid call; a problem raises `UserFacingError` wi
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -18,7 +19,7 @@ from yarl import URL
 from bot.config import Settings
 from bot.fal import ASPECT_RATIOS, KontextInput
 
-__all__ = ("ImageRef", "JobOptions", "UserFacingError", "build_request", "images_of_message")
+__all__ = ("ImageRef", "JobOptions", "UserFacingError", "build_request", "check_images", "images_of_message")
 
 ACCEPTED_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
 EXTENSION_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
@@ -37,10 +38,12 @@ class ImageRef:
     filename: str
     content_type: str | None = None
     size: int | None = None
+    decodable: bool | None = None  # False: Discord could not read it as an image (no width/height)
 
     @classmethod
     def from_attachment(cls, attachment: discord.Attachment) -> ImageRef:
-        return cls(attachment.url, attachment.filename, attachment.content_type, attachment.size)
+        return cls(attachment.url, attachment.filename, attachment.content_type, attachment.size,
+                   decodable=attachment.width is not None)  # fmt: skip
 
     @classmethod
     def from_url(cls, url: str) -> ImageRef:
@@ -113,11 +116,21 @@ def _looks_like_image(attachment: discord.Attachment) -> bool:
 
 def _check_prompt(prompt: str | None, limit: int) -> str:
     text = (prompt or "").strip()
-    if not text:
+    if not _visible(text):
         raise UserFacingError("Please write a prompt: what should change in the image(s)?")
     if len(text) > limit:
         raise UserFacingError(f"The prompt is {len(text)} characters long; the limit is {limit}.")
     return text
+
+
+def _visible(text: str) -> bool:
+    """Anything but white space and invisible format characters (zero-width spaces and joiners)."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cf", "Cc") for char in text)
+
+
+def check_images(images: Sequence[ImageRef], settings: Settings) -> None:
+    """The image checks alone, for triggers that ask for the prompt afterwards."""
+    _check_images(images, settings)
 
 
 def _check_images(images: Sequence[ImageRef], settings: Settings) -> None:
@@ -132,13 +145,12 @@ def _check_images(images: Sequence[ImageRef], settings: Settings) -> None:
 def _check_image(number: int, image: ImageRef, max_bytes: int) -> None:
     kind = image.effective_type
     name = discord.utils.escape_markdown(image.filename[:80])
-    if kind not in ACCEPTED_TYPES:
+    if kind not in ACCEPTED_TYPES or image.decodable is False:
         accepted = ", ".join(ACCEPTED_TYPES.values())
         raise UserFacingError(f"Image {number} (`{name}`) is not a supported image; use {accepted}.")
     if image.size is not None and image.size > max_bytes:
-        raise UserFacingError(
-            f"Image {number} (`{name}`) is {_mib(image.size)}; the limit is {_mib(max_bytes)} per image."
-        )
+        size, limit = _sizes(image.size, max_bytes)
+        raise UserFacingError(f"Image {number} (`{name}`) is {size}; the limit is {limit} per image.")
     if image.size == 0:
         raise UserFacingError(f"Image {number} (`{name}`) is empty.")
 
@@ -162,5 +174,7 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
 
 
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
+def _sizes(size: int, limit: int) -> tuple[str, str]:
+    """Both sizes in MiB, or in bytes when MiB would make them look the same."""
+    shown = f"{size / 2**20:.1f} MiB", f"{limit / 2**20:.1f} MiB"
+    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,} bytes")

@@ -17,7 +17,15 @@ from discord.ext import commands
 from bot.fal import ASPECT_RATIOS, FalError, KontextInput, OutputImage
 from bot.jobs import Job, JobState
 from bot.messages import describe_failure
-from cogs.inputs import MAX_SEED, ImageRef, JobOptions, UserFacingError, build_request, images_of_message
+from cogs.inputs import (
+    MAX_SEED,
+    ImageRef,
+    JobOptions,
+    UserFacingError,
+    build_request,
+    check_images,
+    images_of_message,
+)
 from cogs.launch import Launcher, Origin
 from cogs.refresh import refresh_discord_urls
 from cogs.render import money
@@ -142,6 +150,11 @@ class Kontext(commands.Cog):
         images = images_of_message(message)
         if not images:
             await send_ephemeral(interaction, "That message has no images I can use (PNG, JPEG or WebP).")
+            return
+        try:
+            check_images(images, self.bot.settings)  # before the user types a prompt for nothing
+        except UserFacingError as exc:
+            await send_ephemeral(interaction, str(exc))
             return
         on_values = functools.partial(self._menu_submitted, message_id=message.id, images=images)
         await interaction.response.send_modal(PromptModal("Edit with Kontext", on_values, max_length=self._max_prompt))

@@ -56,7 +56,7 @@ def _state_line(job: Job, started: int, submitting: bool) -> str:
         case JobState.CANCELLED:
             return "🚫 Cancelled. Nothing was generated."
         case JobState.FAILED:
-            return f"❌ {job.error or 'The job failed.'}"
+            return f"❌ {discord.utils.escape_markdown(job.error or 'The job failed.')}"
 
 
 def _queue_place(ahead: int | None) -> str:

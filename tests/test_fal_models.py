@@ -226,14 +226,10 @@ def test_output_is_lenient() -> None:
         None,
         "image/jpeg",
     )
-    minimal = KontextOutput.from_payload({"images": []})
-    assert (minimal.images, minimal.seed, minimal.has_nsfw_concepts, minimal.prompt, minimal.timings) == (
-        (),
-        None,
-        (),
-        "",
-        {},
-    )
+    minimal = KontextOutput.from_payload({"images": [{"url": "https://v3.fal.media/files/c.png"}]})
+    assert (minimal.seed, minimal.has_nsfw_concepts, minimal.prompt, minimal.timings) == (None, (), "", {})
+    with pytest.raises(FalProtocolError):
+        KontextOutput.from_payload({"images": []})  # nothing generated is not a result
 
 
 @pytest.mark.parametrize(

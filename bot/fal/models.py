@@ -68,7 +68,7 @@ class KontextOutput(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    images: tuple[OutputImage, ...]
+    images: tuple[OutputImage, ...] = Field(min_length=1)
     seed: int | None = None
     has_nsfw_concepts: tuple[bool, ...] = ()
     prompt: str = ""
