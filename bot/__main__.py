@@ -30,12 +30,18 @@ def fal_client(session: aiohttp.ClientSession, settings: Settings) -> FalClient:
         poll_interval=settings.poll_interval_seconds,
         poll_max_interval=settings.poll_max_interval_seconds,
         use_stream=settings.use_status_stream,
+        max_streams=settings.max_status_streams,
         result_hosts=settings.fal_result_hosts,
         max_download_bytes=settings.max_result_bytes,
     )
     return FalClient(
         session, key=settings.fal_key, base_url=settings.fal_queue_url, endpoint=settings.fal_endpoint, options=options
     )
+
+
+def fal_connector(settings: Settings) -> aiohttp.TCPConnector:
+    """Room for every status stream plus the submits, results and downloads next to them."""
+    return aiohttp.TCPConnector(limit=settings.max_status_streams + 100)
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -47,7 +53,7 @@ def point_discord_at(settings: Settings) -> None:
 
 async def run(settings: Settings) -> None:
     async with (
-        aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}) as session,
+        aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}, connector=fal_connector(settings)) as session,
         SqliteJobStore(settings.database_path) as store,
     ):
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,15 +13,21 @@ from typing import Protocol
 
 from bot.config import Settings
 
-__all__ = ("QuotaDenied", "QuotaExceeded", "Quotas", "Usage", "day_start")
+__all__ = ("QuotaDenied", "QuotaExceeded", "Quotas", "Usage", "UsageSnapshot", "day_start")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """What the store counts for one user (and their guild) since the start of the day."""
+
+    active_jobs: int
+    user_images: int
+    guild_images: int
+    last_created: datetime | None
 
 
 class UsageSource(Protocol):
-    async def active_count(self, user_id: int) -> int: ...
-    async def images_since(
-        self, since: datetime, *, user_id: int | None = None, guild_id: int | None = None
-    ) -> int: ...
-    async def last_created(self, user_id: int) -> datetime | None: ...
+    async def usage_snapshot(self, user_id: int, guild_id: int | None, since: datetime) -> UsageSnapshot: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +63,22 @@ class Quotas:
     def __init__(self, store: UsageSource, settings: Settings) -> None:
         self._store = store
         self._settings = settings
-        # Jobs admitted but not yet stored (their submit is on its way): counted as if stored.
+        # Jobs admitted but not stored yet (their submit is on its way) count as if stored.
         self._held_jobs: Counter[int] = Counter()
         self._held_images: Counter[tuple[str, int | None]] = Counter()
-        self._lock = asyncio.Lock()
+        self._user_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def cost(self, images: int) -> Decimal:
+        return self._settings.price_per_image_usd * images
 
     @asynccontextmanager
     async def reserve(self, *, user_id: int, guild_id: int | None, images: int, now: datetime) -> AsyncIterator[None]:
-        """Admit a job (or raise `QuotaExceeded`) and hold its place until the block ends, by which time
-        it is stored or failed. Checking and holding under one lock stops a double click slipping through."""
+        """Admit a job (or raise `QuotaExceeded`) and hold its place until the block ends, by which time it
+        is stored or failed. The user's lock makes a double click wait for the first click's check; users
+        never wait for each other (two members of one guild at the same instant may overshoot the guild's
+        daily limit by one job, which beats making every member queue behind one lock)."""
         keys = (("user", user_id), ("guild", guild_id))
-        async with self._lock:
+        async with self._user_locks[user_id]:
             denial = await self.check(user_id=user_id, guild_id=guild_id, images=images, now=now)
             if denial:
                 raise QuotaExceeded(denial)
@@ -76,50 +87,53 @@ class Quotas:
         try:
             yield
         finally:
-            self._held_jobs[user_id] -= 1
-            self._held_images.subtract({key: images for key in keys})
+            self._release(user_id, keys, images)
 
-    def cost(self, images: int) -> Decimal:
-        return self._settings.price_per_image_usd * images
+    def _release(self, user_id: int, keys: tuple[tuple[str, int | None], ...], images: int) -> None:
+        self._held_jobs[user_id] -= 1
+        self._held_images.subtract({key: images for key in keys})
+        if not self._held_jobs[user_id]:
+            del self._held_jobs[user_id]
+            if user_id in self._user_locks and not self._user_locks[user_id].locked():
+                del self._user_locks[user_id]
 
     async def check(self, *, user_id: int, guild_id: int | None, images: int, now: datetime) -> QuotaDenied | None:
-        for denial in (
-            await self._concurrency(user_id),
-            await self._cooldown(user_id, now),
-            await self._daily(images, now, user_id=user_id),
-            await self._daily(images, now, guild_id=guild_id) if guild_id else None,
-        ):
-            if denial:
-                return denial
-        return None
+        usage = await self._store.usage_snapshot(user_id, guild_id, day_start(now))
+        return (
+            self._concurrency(user_id, usage)
+            or self._cooldown(user_id, usage, now)
+            or self._daily(images, now, usage.user_images + self._held_images[("user", user_id)], guild=False)
+            or (self._daily(images, now, usage.guild_images + self._held_images[("guild", guild_id)], guild=True)
+                if guild_id else None)
+        )  # fmt: skip
 
-    async def usage(self, now: datetime, *, user_id: int | None = None, guild_id: int | None = None) -> Usage:
+    async def usage(self, now: datetime, *, user_id: int, guild_id: int | None = None) -> tuple[Usage, Usage | None]:
+        """Today's usage of a user, and of their guild when `guild_id` is given."""
         since = day_start(now)
-        images = await self._store.images_since(since, user_id=user_id, guild_id=guild_id)
-        limit = self._settings.daily_images_per_user if user_id is not None else self._settings.daily_images_per_guild
-        active = await self._store.active_count(user_id) if user_id is not None else 0
-        return Usage(active, images, limit, self.cost(images), since + timedelta(days=1))
+        snapshot = await self._store.usage_snapshot(user_id, guild_id, since)
+        resets = since + timedelta(days=1)
+        mine = Usage(snapshot.active_jobs, snapshot.user_images, self._settings.daily_images_per_user,
+                     self.cost(snapshot.user_images), resets)  # fmt: skip
+        guild = Usage(0, snapshot.guild_images, self._settings.daily_images_per_guild,
+                      self.cost(snapshot.guild_images), resets)  # fmt: skip
+        return mine, guild if guild_id is not None else None
 
-    async def _concurrency(self, user_id: int) -> QuotaDenied | None:
+    def _concurrency(self, user_id: int, usage: UsageSnapshot) -> QuotaDenied | None:
         limit = self._settings.max_concurrent_jobs_per_user
-        if await self._store.active_count(user_id) + self._held_jobs[user_id] >= limit:
+        if usage.active_jobs + self._held_jobs[user_id] >= limit:
             return QuotaDenied(f"You already have {limit} job(s) running; wait for one to finish.")
         return None
 
-    async def _cooldown(self, user_id: int, now: datetime) -> QuotaDenied | None:
-        last = now if self._held_jobs[user_id] else await self._store.last_created(user_id)
+    def _cooldown(self, user_id: int, usage: UsageSnapshot, now: datetime) -> QuotaDenied | None:
+        last = now if self._held_jobs[user_id] else usage.last_created
         ready = last + timedelta(seconds=self._settings.cooldown_seconds) if last else None
         if ready and ready > now:
             return QuotaDenied("You are on cooldown.", ready)
         return None
 
-    async def _daily(
-        self, images: int, now: datetime, *, user_id: int | None = None, guild_id: int | None = None
-    ) -> QuotaDenied | None:
-        limit = self._settings.daily_images_per_user if user_id else self._settings.daily_images_per_guild
-        used = await self._store.images_since(day_start(now), user_id=user_id, guild_id=guild_id)
-        used += self._held_images[("user", user_id) if user_id else ("guild", guild_id)]
+    def _daily(self, images: int, now: datetime, used: int, *, guild: bool) -> QuotaDenied | None:
+        limit = self._settings.daily_images_per_guild if guild else self._settings.daily_images_per_user
         if used + images <= limit:
             return None
-        who = "You have" if user_id else "This server has"
+        who = "This server has" if guild else "You have"
         return QuotaDenied(f"{who} used {used} of {limit} images today.", day_start(now) + timedelta(days=1))

@@ -6,7 +6,6 @@ The jobs table is also the ledger that quotas are counted from, so limits surviv
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +15,7 @@ import aiosqlite
 
 from bot.fal import KontextInput, KontextOutput
 from bot.jobs import Job, JobState
+from bot.quota import UsageSnapshot
 
 __all__ = ("SqliteJobStore",)
 
@@ -64,10 +64,15 @@ COLUMNS = (
     "updated_at",
 )  # fmt: skip
 # Jobs count against quotas while running (reserved) and once delivered (paid); failed and cancelled ones do not.
-USER_IMAGES = """SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = ? AND created_at >= ?
-    AND state IN ('queued', 'running', 'succeeded', 'delivered')"""
-GUILD_IMAGES = """SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = ? AND created_at >= ?
-    AND state IN ('queued', 'running', 'succeeded', 'delivered')"""
+USAGE_SNAPSHOT = """
+SELECT
+    (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ('queued', 'running', 'succeeded')),
+    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND created_at >= :since
+        AND state IN ('queued', 'running', 'succeeded', 'delivered')),
+    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = :guild AND created_at >= :since
+        AND state IN ('queued', 'running', 'succeeded', 'delivered')),
+    (SELECT MAX(created_at) FROM jobs WHERE user_id = :user)
+"""
 
 
 class SqliteJobStore:
@@ -125,19 +130,13 @@ class SqliteJobStore:
         ) as cursor:
             return [_job(row) async for row in cursor]
 
-    async def active_count(self, user_id: int) -> int:
-        query = "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running', 'succeeded')"
-        return await self._scalar(query, (user_id,))
-
-    async def images_since(self, since: datetime, *, user_id: int | None = None, guild_id: int | None = None) -> int:
-        """Images of counted jobs (running or delivered) created since `since`, for a user or a guild."""
-        query = USER_IMAGES if user_id is not None else GUILD_IMAGES
-        return await self._scalar(query, (user_id if user_id is not None else guild_id, since.isoformat()))
-
-    async def last_created(self, user_id: int) -> datetime | None:
-        async with self.db.execute("SELECT MAX(created_at) FROM jobs WHERE user_id = ?", (user_id,)) as cursor:
+    async def usage_snapshot(self, user_id: int, guild_id: int | None, since: datetime) -> UsageSnapshot:
+        """Everything the quota check needs, in one query."""
+        params = {"user": user_id, "guild": guild_id, "since": since.isoformat()}
+        async with self.db.execute(USAGE_SNAPSHOT, params) as cursor:
             row = await cursor.fetchone()
-        return datetime.fromisoformat(row[0]) if row and row[0] else None
+        active, user_images, guild_images, last = row if row else (0, 0, 0, None)  # always one row, in fact
+        return UsageSnapshot(int(active), int(user_images), int(guild_images), _aware(last) if last else None)
 
     async def pin_input(self, user_id: int, url: str, content_type: str, now: datetime) -> None:
         """Remember an image as the first input of the user's next job ("Use as input")."""
@@ -155,11 +154,6 @@ class SqliteJobStore:
     async def unpin_input(self, user_id: int) -> None:
         await self.db.execute("DELETE FROM pinned_inputs WHERE user_id = ?", (user_id,))
         await self.db.commit()
-
-    async def _scalar(self, query: str, params: Iterable[Any]) -> int:
-        async with self.db.execute(query, tuple(params)) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
 
 def _row(job: Job) -> tuple[Any, ...]:

@@ -43,10 +43,14 @@ Choice = app_commands.Choice
 
 
 async def send_ephemeral(interaction: discord.Interaction[Any], text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
+    """Answer only the user; if Discord no longer takes the answer (expired interaction), log it and move on."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc)
 
 
 def parse_count(value: str, what: str, upper: int) -> int:
@@ -312,15 +316,16 @@ class Kontext(commands.Cog):
 
     @app_commands.command(name="kontext-usage", description="How many images you (and this server) used today")
     async def usage(self, interaction: discord.Interaction[Any]) -> None:
-        now = datetime.now(UTC)
-        mine = await self.launcher.quotas.usage(now, user_id=interaction.user.id)
+        is_admin = interaction.guild_id is not None and interaction.permissions.manage_guild
+        mine, guild = await self.launcher.quotas.usage(
+            datetime.now(UTC), user_id=interaction.user.id, guild_id=interaction.guild_id if is_admin else None
+        )
         lines = [
             f"**You**: {mine.images_today} of {mine.images_limit} images today (≈{money(mine.cost_today)}), "
             f"{mine.active} job(s) running. Resets <t:{int(mine.resets_at.timestamp())}:R>.",
             f"Price: {money(self.launcher.quotas.cost(1))} per result image.",
         ]
-        if interaction.guild_id is not None and interaction.permissions.manage_guild:
-            guild = await self.launcher.quotas.usage(now, guild_id=interaction.guild_id)
+        if guild is not None:
             lines.insert(1, f"**This server**: {guild.images_today} of {guild.images_limit} images today "
                             f"(≈{money(guild.cost_today)}).")  # fmt: skip
         await send_ephemeral(interaction, "\n".join(lines))

@@ -859,3 +859,32 @@ async def test_handle_for_namespaced_endpoint(fake: FakeFal, session: aiohttp.Cl
     assert client.app_root == "workflows/someone/my-flow"
     assert urls(client.handle_for(handle.request_id)) == urls(handle)
     assert isinstance(await client.status(client.handle_for(handle.request_id)), Queued | InProgress | Completed)
+
+
+async def test_streams_beyond_the_cap_poll_instead(fake: FakeFal, session: aiohttp.ClientSession) -> None:
+    client = make_client(session, fake, max_streams=1)
+    for _ in range(2):
+        fake.add_script(JobScript(queue_positions=(1, 0), progress_steps=1, step_seconds=0.05))
+    handles = [await client.submit(INPUT) for _ in range(2)]
+
+    results = await asyncio.gather(*(collect(client, handle) for handle in handles))
+
+    assert all(isinstance(statuses[-1], Completed) for statuses in results)
+    assert fake.count("stream") == 1  # one job held the only stream; the other polled
+    assert fake.count("status") >= 2
+
+
+async def test_a_submit_that_never_got_a_connection_is_not_unconfirmed(fake: FakeFal) -> None:
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as tight:
+        client = make_client(tight, fake, request_timeout=0.2, max_attempts=1)
+        fake.slow("submit", 1.0)
+        first = asyncio.create_task(client.submit(INPUT))  # holds the only connection for a second
+        await asyncio.sleep(0.05)
+
+        with pytest.raises(FalConnectionError) as caught:
+            await client.submit(INPUT)
+
+        assert not isinstance(caught.value, FalSubmitUnconfirmed)  # never sent, so safe to say so
+        await first
+    assert fake.count("submit") == 1

@@ -50,6 +50,7 @@ class FalClientOptions:
     poll_interval: float = 1.0
     poll_max_interval: float = 10.0
     use_stream: bool = True
+    max_streams: int = 200
     stream_attempts: int = 3
     max_attempts: int = 4
     result_hosts: Collection[str] = ()
@@ -73,6 +74,7 @@ class FalClient:
         self._base = URL(base_url.rstrip("/"))
         self.endpoint = endpoint.strip("/")
         self._options = options
+        self._streams = asyncio.Semaphore(options.max_streams)
 
     # --- queue operations -------------------------------------------------------------------
 
@@ -102,16 +104,26 @@ class FalClient:
         return parse_status(await self._send("GET", URL(handle.status_url).update_query(logs="1")))
 
     async def watch(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
-        """Yield each new status until `Completed`: the SSE stream first, then polling."""
+        """Yield each new status until `Completed`."""
         last: QueueStatus | None = None
-        sources = [self._stream_statuses] if self._options.use_stream else []
-        for source in [*sources, self._poll_statuses]:
-            async for status in source(handle):
-                if status != last:
-                    last = status
+        async for status in self._statuses(handle):
+            if status != last:
+                last = status
+                yield status
+            if isinstance(status, Completed):
+                return
+
+    async def _statuses(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
+        """The SSE stream while one of `max_streams` is free (each holds a connection for the whole job),
+        then, or else, polling."""
+        if self._options.use_stream and not self._streams.locked():
+            async with self._streams:
+                async for status in self._stream_statuses(handle):
                     yield status
-                if isinstance(status, Completed):
-                    return
+                    if isinstance(status, Completed):
+                        return
+        async for status in self._poll_statuses(handle):
+            yield status
 
     async def result(self, handle: QueueHandle) -> KontextOutput:
         """Fetch the output of a completed job; a failed job raises `FalRequestFailed`."""
@@ -216,18 +228,22 @@ class FalClient:
                 url,
                 json=json_body,
                 headers={**self._auth_headers(), **(headers or {})},
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=self._timeout(timeout),
             ) as response:
                 body = await _read_json_or_text(response)
                 if response.status >= 300:
                     raise http_error(response.status, body, response.headers, during_result=result)
                 return body
-        except aiohttp.ClientConnectorError as exc:  # never connected: nothing reached fal
-            raise FalConnectionError(f"cannot connect to {url.host}: {exc.os_error}") from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # nothing was sent
+            raise FalConnectionError(f"no connection to {url.host} ({type(exc).__name__})") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             if is_submit:
                 raise FalSubmitUnconfirmed(f"no answer to the submit ({type(exc).__name__})") from exc
             raise _connection_error(exc) from exc
+
+    def _timeout(self, read: float) -> aiohttp.ClientTimeout:
+        """`connect` covers waiting for a pooled connection too: a timeout there means nothing was sent."""
+        return aiohttp.ClientTimeout(total=None, connect=self._options.request_timeout, sock_read=read)
 
     async def _fetch_bytes(self, url: URL) -> Download:
         limit = self._options.max_download_bytes
