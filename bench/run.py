@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--dispatch-rate", type=float, default=100.0, help="/kontext per second in the load run")
     parser.add_argument(
         "--fal-connections", type=int, default=None,
-        help="fal connection pool of the bot's session (default: aiohttp's 100, as in production; 0 = no limit)",
+        help="fal connection pool of the bot's session (default: production's, MAX_STATUS_STREAMS + 100; 0 = no limit)",
     )  # fmt: skip
     parser.add_argument("--discord-rate", default="5,5.0", help="FakeDiscord edits per window: LIMIT,SECONDS")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON to this file")

@@ -58,7 +58,7 @@ class PhaseSpec:
     edit_interval: float = 1.5
     edit_rate: tuple[int, float] = (5, 5.0)
     ping_interval: float = 1.0
-    fal_connections: int | None = None  # None: aiohttp's default pool (100), as in production
+    fal_connections: int | None = None  # None: the production connector (bot.__main__.fal_connector)
     sample: bool = False  # book event-loop CPU to its owners (fakes / bot) during the jobs
 
 

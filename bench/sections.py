@@ -306,7 +306,7 @@ def _cpu_rows(f: Figures) -> list[tuple[str, str]]:
 def _load_notes(run: PhaseResult) -> list[str]:
     spec = run.spec
     limit, per = spec.edit_rate
-    pool = "aiohttp's default 100 (as in production)" if spec.fal_connections is None else str(spec.fal_connections)
+    pool = "production's (MAX_STATUS_STREAMS + 100)" if spec.fal_connections is None else str(spec.fal_connections)
     return [
         f"{spec.jobs} /kontext from {spec.jobs} distinct users at {spec.dispatch_rate:g}/s;",
         f"{_script_text(run)} (≈{_fal_seconds(run):g} s at fal per job).",

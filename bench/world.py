@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.__main__ import fal_client
+from bot.__main__ import fal_client, fal_connector
 from bot.bot import KontextBot
 from bot.config import Settings
 from bot.store import SqliteJobStore
@@ -206,9 +206,9 @@ async def running_bot(
     guild_ready_timeout: float = 0.05,
     fal_connections: int | None = None,
 ) -> AsyncIterator[RunningBot]:
-    """KontextBot exactly as tests/harness.py builds it: real aiohttp session (aiohttp's default pool of
-    100 connections unless `fal_connections` is given), real SQLite store, the real fal client factory."""
-    connector = None if fal_connections is None else aiohttp.TCPConnector(limit=fal_connections)
+    """KontextBot as `bot.__main__` builds it: real aiohttp session with the production connector (unless
+    `fal_connections` is given), real SQLite store, the real fal client factory."""
+    connector = fal_connector(settings) if fal_connections is None else aiohttp.TCPConnector(limit=fal_connections)
     with pytest.MonkeyPatch.context() as patch:
         discord.patch_discord(patch)
         async with (

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from bot.bot import REQUIRED_PERMISSIONS
 from bot.jobs import JobState
 from tests.conftest import StartBot
 from tests.fakes.fake_fal import JobScript
@@ -249,3 +254,35 @@ async def test_a_double_click_is_refused_at_once_even_while_the_first_submit_is_
         assert "✅ Done" in await harness.final_status(first["token"])
         assert len(submits(harness)) == 1
         assert all(r.status == 200 for r in harness.discord.callbacks())  # both answered within the deadline
+
+
+async def test_reroll_refreshes_input_links_that_discord_has_expired(harness: Harness):
+    message = await delivered_job(harness)
+    [job] = await harness.finish_jobs()
+    stale = job.request.image_urls[0].split("?")[0] + "?ex=00000001&is=00000000&hm=abc"  # signed, long expired
+    job.touch(request=job.request.model_copy(update={"image_urls": (stale,)}))
+    await harness.store.save(job)
+
+    press = harness.discord.button(button(message, "reroll"), message)
+    await harness.discord.interact(press)
+    await harness.final_status(press["token"])
+
+    [refresh] = [r for r in harness.discord.requests if r.path == "/attachments/refresh-urls"]
+    assert refresh.json == {"attachment_urls": [stale]}
+    assert submits(harness)[1]["image_urls"] == [stale + "&refreshed=1"]
+
+
+async def test_commands_sync_to_the_dev_guild_and_the_invite_url_is_logged(
+    start_bot: StartBot, fake_discord, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="bot.bot")
+    async with start_bot(dev_guild_id=fake_discord.guild_id) as harness:
+        payload = await harness.kontext()
+        assert "✅ Done" in await harness.final_status(payload["token"])
+
+    assert None not in fake_discord.commands
+    names = {c["name"] for c in fake_discord.commands[fake_discord.guild_id]}
+    assert names == {"kontext", "kontext-usage", "Edit with Kontext"}
+    [invite] = [r.getMessage() for r in caplog.records if "invite the bot" in r.getMessage()]
+    assert f"client_id={fake_discord.app_id}" in invite and "scope=bot+applications.commands" in invite
+    assert f"permissions={REQUIRED_PERMISSIONS.value}" in invite
