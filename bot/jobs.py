@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -134,7 +136,7 @@ class JobSink(Protocol):
 class FalQueue(Protocol):
     """The part of `FalClient` the runner uses."""
 
-    def watch(self, handle: QueueHandle) -> Any: ...  # AsyncIterator[QueueStatus]
+    def watch(self, handle: QueueHandle) -> AsyncGenerator[QueueStatus, None]: ...
     async def result(self, handle: QueueHandle) -> KontextOutput: ...
     async def download(self, url: str) -> Download: ...
 
@@ -192,8 +194,8 @@ class JobRunner:
             await self._fail(job, sink, describe_failure(None, timed_out=True))
 
     async def _follow(self, job: Job, sink: JobSink) -> None:
-        async with asyncio.timeout(self._remaining_time(job)):
-            async for status in self._fal.watch(job.handle):
+        async with asyncio.timeout(self._remaining_time(job)), aclosing(self._fal.watch(job.handle)) as statuses:
+            async for status in statuses:
                 await self._apply(job, sink, status)
                 if isinstance(status, Completed):
                     break

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import socket
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -888,3 +889,16 @@ async def test_a_submit_that_never_got_a_connection_is_not_unconfirmed(fake: Fak
         assert not isinstance(caught.value, FalSubmitUnconfirmed)  # never sent, so safe to say so
         await first
     assert fake.count("submit") == 1
+
+
+async def test_a_finished_watch_frees_its_stream_at_once(fake: FakeFal, session: aiohttp.ClientSession) -> None:
+    client = make_client(session, fake, max_streams=1)
+    for _ in range(2):
+        fake.add_script(JobScript(queue_positions=(0,), progress_steps=1, step_seconds=0.02))
+        handle = await client.submit(INPUT)
+        async with aclosing(client.watch(handle)) as statuses:
+            async for status in statuses:
+                if isinstance(status, Completed):
+                    break
+
+    assert fake.count("stream") == 2 and fake.count("status") == 0

@@ -10,7 +10,8 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,17 +104,18 @@ class FalClient:
     async def status(self, handle: QueueHandle) -> QueueStatus:
         return parse_status(await self._send("GET", URL(handle.status_url).update_query(logs="1")))
 
-    async def watch(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
-        """Yield each new status until `Completed`."""
+    async def watch(self, handle: QueueHandle) -> AsyncGenerator[QueueStatus, None]:
+        """Yield each new status until `Completed`. Use it in `contextlib.aclosing` to free its stream at once."""
         last: QueueStatus | None = None
-        async for status in self._statuses(handle):
-            if status != last:
-                last = status
-                yield status
-            if isinstance(status, Completed):
-                return
+        async with aclosing(self._statuses(handle)) as statuses:
+            async for status in statuses:
+                if status != last:
+                    last = status
+                    yield status
+                if isinstance(status, Completed):
+                    return
 
-    async def _statuses(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
+    async def _statuses(self, handle: QueueHandle) -> AsyncGenerator[QueueStatus, None]:
         """The SSE stream while one of `max_streams` is free (each holds a connection for the whole job),
         then, or else, polling."""
         if self._options.use_stream and not self._streams.locked():
