@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -95,9 +95,6 @@ class Job:
         for name, value in changes.items():
             setattr(self, name, value)
         self.updated_at = datetime.now(UTC)
-
-    def snapshot(self) -> Job:
-        return replace(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,10 +55,7 @@ def describe_failure(error: FalError | None, *, timed_out: bool = False) -> str:
 
 
 def _issue_text(error: FalValidationError | FalRequestFailed) -> str:
-    types = [error.error_type or ""]
-    if isinstance(error.detail, list):
-        types += [str(item.get("type", "")) for item in error.detail if isinstance(item, dict)]
-    for kind in types:
+    for kind in error.error_types:
         if kind in _ISSUE_TEXT:
             return _ISSUE_TEXT[kind]
     summary = error.summary.strip() or f"error {error.status}"

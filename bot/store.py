@@ -63,6 +63,7 @@ COLUMNS = (
     "thread_id", "result_json", "error", "cost_usd", "cancel_requested", "delivery_started", "created_at",
     "updated_at",
 )  # fmt: skip
+SAVE_JOB = f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"  # noqa: S608
 # Jobs count against quotas while running (reserved) and once delivered (paid); failed and cancelled ones do not.
 USAGE_SNAPSHOT = """
 SELECT
@@ -112,11 +113,7 @@ class SqliteJobStore:
         return self._db
 
     async def save(self, job: Job) -> None:
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        await self.db.execute(
-            f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
-            _row(job),
-        )
+        await self.db.execute(SAVE_JOB, _row(job))
         await self.db.commit()
 
     async def get(self, job_id: str) -> Job | None:

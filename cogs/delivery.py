@@ -81,11 +81,11 @@ class DiscordJobSink:
             await self.status.settle()
 
     async def deliver(self, job: Job, images: list[ResultImage], *, maybe_posted: bool) -> None:
-        destination = await self._destination(job)
+        channel = await self._channel(job.channel_id)
+        destination = await self._destination(job, channel)
         if maybe_posted and await self._already_posted(destination, job):
             log.info("job %s was already delivered before the restart", job.id)
             return
-        channel = await self._channel(job.channel_id)
         plan = plan_uploads(job, images, file_limit=self._limit(channel), nsfw_channel=_is_nsfw(channel))
         await self._post(destination, job, plan)
 
@@ -98,9 +98,9 @@ class DiscordJobSink:
         for batch in batches:
             await destination.send(files=_files(batch), allowed_mentions=discord.AllowedMentions.none())
 
-    async def _destination(self, job: Job) -> discord.abc.Messageable:
+    async def _destination(self, job: Job, channel: AnyChannel | None) -> discord.abc.Messageable:
         if job.thread_id is None:
-            thread_id = await self._start_thread(job)
+            thread_id = await self._start_thread(job, channel)
             if thread_id is not None:
                 job.touch(thread_id=thread_id)
                 await self._bot.store.save(job)
@@ -109,8 +109,7 @@ class DiscordJobSink:
         )
         return destination
 
-    async def _start_thread(self, job: Job) -> int | None:
-        channel = await self._channel(job.channel_id)
+    async def _start_thread(self, job: Job, channel: AnyChannel | None) -> int | None:
         if job.origin_message_id is None or not isinstance(channel, discord.TextChannel):
             return None  # DMs, threads, forums and voice chats: post in place
         name = f"Kontext: {' '.join(job.request.prompt.split())}"[:100]  # one line, Discord's limit

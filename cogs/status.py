@@ -84,7 +84,7 @@ class StatusMessage:
 
     def show(self, job: Job, *, submitting: bool = False) -> None:
         """Ask for the status of `job` to be shown; returns at once."""
-        self._wanted = (render_status(job, submitting=submitting), not job.state.finished)
+        self._wanted = _wanted(job, submitting=submitting)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._editor(), name=f"status:{job.id}")
@@ -96,7 +96,7 @@ class StatusMessage:
 
     def mark_shown(self, job: Job, *, submitting: bool = False) -> None:
         """The target already shows this (it was posted with this text)."""
-        self._shown = (render_status(job, submitting=submitting), not job.state.finished)
+        self._shown = _wanted(job, submitting=submitting)
 
     async def _editor(self) -> None:
         failures = 0
@@ -137,9 +137,8 @@ class StatusMessage:
         return expires is not None and datetime.now(UTC) >= expires - TOKEN_MARGIN
 
     async def _edit(self, wanted: tuple[str, bool]) -> None:
-        content, cancellable = wanted
         try:
-            await self._target.edit(content, status_view(self._job.id) if cancellable else None)
+            await self._put(self._target, wanted)
         except discord.HTTPException as exc:
             log.warning("editing the status of job %s failed: %s", self._job.id, exc)
             if isinstance(self._target, InteractionTarget):
@@ -154,7 +153,7 @@ class StatusMessage:
 
     async def _repost(self, wanted: tuple[str, bool]) -> None:
         try:
-            await self._target.edit(wanted[0], status_view(self._job.id) if wanted[1] else None)
+            await self._put(self._target, wanted)
         except discord.HTTPException as exc:
             log.warning("reposting the status of job %s failed: %s", self._job.id, exc)
             return
@@ -165,9 +164,9 @@ class StatusMessage:
         """Post the status as a channel message and point the old interaction message at it."""
         old = self._target
         new = ChannelTarget(self._bot, self._job.channel_id, None)
-        wanted = self._wanted or (render_status(self._job), not self._job.state.finished)
+        wanted = self._wanted or _wanted(self._job)
         try:
-            await new.edit(wanted[0], status_view(self._job.id) if wanted[1] else None)
+            await self._put(new, wanted)
         except discord.HTTPException as exc:
             log.warning("moving the status of job %s to the channel failed: %s", self._job.id, exc)
             old.expires_at = None  # stop trying; later edits may still work through the old target
@@ -180,6 +179,16 @@ class StatusMessage:
         except discord.HTTPException:
             log.info("could not point the old status of job %s at the new one", self._job.id)
 
+    async def _put(self, target: StatusTarget, wanted: tuple[str, bool]) -> None:
+        """Show `wanted` (text, cancellable) on `target`, with the Cancel button while it is cancellable."""
+        content, cancellable = wanted
+        await target.edit(content, status_view(self._job.id) if cancellable else None)
+
     async def _remember_target(self) -> None:
         self._job.touch(status_message_id=self._target.message_id)
         await self._bot.store.save(self._job)
+
+
+def _wanted(job: Job, *, submitting: bool = False) -> tuple[str, bool]:
+    """What the status message should show: its text, and whether it still offers Cancel."""
+    return render_status(job, submitting=submitting), not job.state.finished

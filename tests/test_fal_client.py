@@ -89,12 +89,6 @@ async def fake() -> AsyncIterator[FakeFal]:
         yield server
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
-
-
 @pytest.fixture(autouse=True)
 def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[BackoffCall]:
     """Record every backoff the client asks for; keep the real choice but sleep at most 0.05 s."""

@@ -78,6 +78,19 @@ class FalHTTPError(FalError):
             return str(self.detail.get("message") or self.detail.get("status") or self.detail)
         return str(self.detail or "")
 
+    @property
+    def error_types(self) -> list[str]:
+        """The machine-readable kinds: `error_type` first, then those of the `detail` list's items."""
+        types = [self.error_type] if self.error_type else []
+        if isinstance(self.detail, list):
+            types += [str(item.get("type", "")) for item in self.detail if isinstance(item, Mapping)]
+        return types
+
+    @property
+    def moderated(self) -> bool:
+        """A safety filter (fal's or its partner's) refused the input or the output."""
+        return not MODERATION_TYPES.isdisjoint(self.error_types)
+
 
 class FalAuthError(FalHTTPError):
     """The key is wrong, or the account is locked (exhausted balance, admin lock)."""
@@ -96,11 +109,6 @@ class FalValidationError(FalHTTPError):
             return []
         return [ValidationIssue.from_payload(item) for item in self.detail if isinstance(item, Mapping)]
 
-    @property
-    def moderated(self) -> bool:
-        types = {issue.type for issue in self.issues} | {self.error_type or ""}
-        return bool(types & MODERATION_TYPES)
-
 
 class FalRateLimited(FalHTTPError):
     """429: too many requests or concurrency exhausted."""
@@ -118,14 +126,6 @@ class FalServerError(FalHTTPError):
 
 class FalRequestFailed(FalHTTPError):
     """The job itself failed: COMPLETED with `error`, or the result endpoint answered an error."""
-
-    @property
-    def moderated(self) -> bool:
-        if self.error_type in MODERATION_TYPES:
-            return True
-        if isinstance(self.detail, list):
-            return any(isinstance(item, Mapping) and item.get("type") in MODERATION_TYPES for item in self.detail)
-        return False
 
 
 class FalProtocolError(FalError):
