@@ -20,7 +20,7 @@ __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.kontext",)
+EXTENSIONS = ("cogs.launch", "cogs.triggers", "cogs.buttons", "cogs.usage", "cogs.errors")
 HEARTBEAT_SECONDS = 15.0
 REQUIRED_PERMISSIONS = discord.Permissions(
     view_channel=True,
@@ -40,12 +40,12 @@ def invite_url(application_id: int) -> str:
 
 
 def bot_intents(*, message_content: bool) -> discord.Intents:
-    """Guilds, guild messages and reactions; message content only for the reaction trigger's prompt."""
+    """Guilds and reactions (the reaction trigger); guild messages and their content only when the bot may
+    read a prompt from the chat, which is all it reads messages for."""
     intents = discord.Intents.none()
     intents.guilds = True
-    intents.guild_messages = True
     intents.guild_reactions = True
-    intents.dm_messages = True
+    intents.guild_messages = message_content
     intents.message_content = message_content
     return intents
 
@@ -64,7 +64,7 @@ class KontextBot(commands.Bot):
     ) -> None:
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
         super().__init__(
-            command_prefix=commands.when_mentioned,
+            command_prefix=(),  # no text commands: everything is an app command
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
             **options,
@@ -73,8 +73,13 @@ class KontextBot(commands.Bot):
         self.session = session
         self.fal = fal
         self.store = store
-        self.runner = JobRunner(fal, store, job_timeout=settings.job_timeout_seconds)
+        self.runner = JobRunner(
+            fal, store, job_timeout=settings.job_timeout_seconds, retry_seconds=settings.retry_base_seconds
+        )
         self._heartbeat: asyncio.Task[None] | None = None
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Messages are only read as answers to the reaction trigger's question (`wait_for`), never as commands."""
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     submit_timeout_seconds: float = Field(default=60.0, gt=0)
     job_timeout_seconds: float = Field(default=1800.0, gt=0)
+    # First wait before a failed step of a job (posting, reading the result) is tried again; doubles each time.
+    retry_base_seconds: float = Field(default=2.0, gt=0)
 
     # Discord.
     discord_api_url: str = DISCORD_API_V10

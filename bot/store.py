@@ -1,11 +1,17 @@
-"""Job storage in an embedded SQLite file (no server), behind the small `JobStore` interface.
+"""Job storage in an embedded SQLite file (no server), behind the `JobStore` interface.
 
-The jobs table is also the ledger that quotas are counted from, so limits survive restarts.
+The jobs table is also the ledger the limits are counted from, so they survive restarts. Every write
+is its own `BEGIN IMMEDIATE` transaction, one at a time: an admission counts and inserts in one of
+them, so no other admission (in this process or another one on the same file) can slip in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,41 +20,49 @@ from typing import Any
 import aiosqlite
 
 from bot.fal import KontextInput, KontextOutput
-from bot.jobs import Job, JobState
-from bot.quota import UsageSnapshot
+from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, DEFAULT_ENDPOINT, Job, JobState
+from bot.quota import Denial, UsageSnapshot
 
-__all__ = ("SqliteJobStore",)
+__all__ = ("SCHEMA_VERSION", "SqliteJobStore", "StoreError")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 10_000
+
+JOBS_TABLE = """
+CREATE TABLE {name} (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     source TEXT NOT NULL,
     user_id INTEGER NOT NULL,
     guild_id INTEGER,
     channel_id INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
     request_json TEXT NOT NULL,
     num_images INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    status_url TEXT NOT NULL,
-    response_url TEXT NOT NULL,
-    cancel_url TEXT NOT NULL,
+    request_id TEXT,
     queue_position INTEGER,
     origin_message_id INTEGER,
     status_message_id INTEGER,
     thread_id INTEGER,
     result_json TEXT,
+    result_message_ids TEXT NOT NULL DEFAULT '[]',
+    delivery_attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     cost_usd TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    delivery_started INTEGER NOT NULL DEFAULT 0,
+    locale TEXT NOT NULL DEFAULT 'en-US',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state NOT IN ('delivered', 'failed', 'cancelled');
-CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_guild ON jobs (guild_id, created_at);
+"""
+INDEXES = """
+CREATE INDEX jobs_unfinished ON jobs (state) WHERE state IN ('pending', 'queued', 'running', 'succeeded');
+CREATE INDEX jobs_by_user ON jobs (user_id, created_at);
+CREATE INDEX jobs_by_guild ON jobs (guild_id, created_at);
+"""
+PINS_TABLE = """
 CREATE TABLE IF NOT EXISTS pinned_inputs (
     user_id INTEGER PRIMARY KEY,
     url TEXT NOT NULL,
@@ -56,43 +70,105 @@ CREATE TABLE IF NOT EXISTS pinned_inputs (
     pinned_at TEXT NOT NULL
 );
 """
+# Version 1 stored fal's URLs with each job and had no endpoint, message ids or attempt count.
+MIGRATE_1_TO_2 = f"""
+{JOBS_TABLE.format(name="jobs_v2")}
+INSERT INTO jobs_v2 (
+    id, state, source, user_id, guild_id, channel_id, endpoint, request_json, num_images, request_id,
+    queue_position, origin_message_id, status_message_id, thread_id, result_json, delivery_attempts, error,
+    cost_usd, cancel_requested, created_at, updated_at)
+SELECT id, state, source, user_id, guild_id, channel_id, '{DEFAULT_ENDPOINT}', request_json, num_images,
+    NULLIF(request_id, ''), queue_position, origin_message_id, status_message_id, thread_id, result_json,
+    delivery_started, error, cost_usd, cancel_requested, created_at, updated_at
+FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+{INDEXES}
+"""  # noqa: S608  # constants only
+CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE
+MIGRATIONS = {1: MIGRATE_1_TO_2}
 
 COLUMNS = (
-    "id", "state", "source", "user_id", "guild_id", "channel_id", "request_json", "num_images", "request_id",
-    "status_url", "response_url", "cancel_url", "queue_position", "origin_message_id", "status_message_id",
-    "thread_id", "result_json", "error", "cost_usd", "cancel_requested", "delivery_started", "created_at",
+    "id", "state", "source", "user_id", "guild_id", "channel_id", "endpoint", "request_json", "num_images",
+    "request_id", "queue_position", "origin_message_id", "status_message_id", "thread_id", "result_json",
+    "result_message_ids", "delivery_attempts", "error", "cost_usd", "cancel_requested", "locale", "created_at",
     "updated_at",
 )  # fmt: skip
-SAVE_JOB = f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"  # noqa: S608
-# Jobs count against quotas while running (reserved) and once delivered (paid); failed and cancelled ones do not.
-USAGE_SNAPSHOT = """
+# A cancel asked for by another process must survive this process saving its own copy of the job.
+SAVE_JOB = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "  # noqa: S608
+    f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}, "
+    "cancel_requested = MAX(jobs.cancel_requested, excluded.cancel_requested)"
+)
+
+
+def _states(states: frozenset[JobState]) -> str:
+    return ", ".join(f"'{state.value}'" for state in sorted(states))
+
+
+USAGE_SNAPSHOT = f"""
 SELECT
-    (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ('queued', 'running', 'succeeded')),
+    (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ({_states(ACTIVE_STATES)})),
     (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND created_at >= :since
-        AND state IN ('queued', 'running', 'succeeded', 'delivered')),
+        AND state IN ({_states(BILLABLE_STATES)})),
     (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = :guild AND created_at >= :since
-        AND state IN ('queued', 'running', 'succeeded', 'delivered')),
+        AND state IN ({_states(BILLABLE_STATES)})),
     (SELECT MAX(created_at) FROM jobs WHERE user_id = :user)
-"""
+"""  # noqa: S608  # constants only
+UNFINISHED = f"SELECT * FROM jobs WHERE state IN ({_states(ACTIVE_STATES)}) ORDER BY created_at"  # noqa: S608
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message names the file and the problem."""
 
 
 class SqliteJobStore:
-    """`JobStore` on SQLite, with the queries the quota checks need."""
+    """`JobStore` on SQLite, with the queries the limits need."""
 
     def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._write = asyncio.Lock()
 
     async def open(self) -> None:
         if str(self._path) != ":memory:":
             self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(SCHEMA)
-        await self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await self._db.commit()
+        db = await aiosqlite.connect(self._path, isolation_level=None)  # transactions are explicit
+        try:
+            await self._prepare(db)
+        except (sqlite3.Error, StoreError) as exc:
+            await db.close()  # its thread would keep the process alive
+            raise exc if isinstance(exc, StoreError) else StoreError(f"{self._path}: {exc}") from None
+        self._db = db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        db.row_factory = aiosqlite.Row
+        await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")  # the commit that records a paid job must survive a power cut
+        version = await _user_version(db)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._path}: schema version {version} is newer than this bot's ({SCHEMA_VERSION}); "
+                "run the newer bot or restore a backup"
+            )
+        if version == 0 and await _has_table(db, "jobs"):
+            version = 1  # written before the version was recorded
+        await self._upgrade(db, version)
+
+    async def _upgrade(self, db: aiosqlite.Connection, version: int) -> None:
+        if version == SCHEMA_VERSION:
+            return
+        script = CREATE if version == 0 else "\n".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+        try:
+            await db.executescript(f"BEGIN IMMEDIATE;\n{script}\n{PINS_TABLE}\nPRAGMA user_version={SCHEMA_VERSION};")
+            await db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+        if version:
+            log.info("migrated %s from schema version %d to %d", self._path, version, SCHEMA_VERSION)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -112,9 +188,49 @@ class SqliteJobStore:
             raise RuntimeError("store is not open")
         return self._db
 
+    # --- writes: one transaction at a time ----------------------------------------------------
+
+    async def _transaction(self, *statements: tuple[str, Any]) -> None:
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    await self.db.execute(sql, params)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def admit(self, job: Job, decide: Callable[[UsageSnapshot], Denial | None]) -> Denial | None:
+        """Count the user's usage, ask `decide`, and store `job` if it said yes — all in one transaction."""
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                denial = decide(await self._usage(job.user_id, job.guild_id, job.created_at))
+                if denial is None:
+                    await self.db.execute(SAVE_JOB, _row(job))
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+        return denial
+
     async def save(self, job: Job) -> None:
-        await self.db.execute(SAVE_JOB, _row(job))
-        await self.db.commit()
+        await self._transaction((SAVE_JOB, _row(job)))
+
+    async def request_cancel(self, job_id: str) -> None:
+        """Mark a job cancelled-by-request, whichever process follows it."""
+        await self._transaction(("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,)))
+
+    async def pin_input(self, user_id: int, url: str, content_type: str, now: datetime) -> None:
+        """Remember an image as the first input of the user's next job ("Use as input")."""
+        sql = "INSERT OR REPLACE INTO pinned_inputs VALUES (?, ?, ?, ?)"
+        await self._transaction((sql, (user_id, url, content_type, now.isoformat())))
+
+    async def unpin_input(self, user_id: int) -> None:
+        await self._transaction(("DELETE FROM pinned_inputs WHERE user_id = ?", (user_id,)))
+
+    # --- reads --------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
         async with self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
@@ -122,25 +238,27 @@ class SqliteJobStore:
         return _job(row) if row else None
 
     async def unfinished(self) -> list[Job]:
-        async with self.db.execute(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'running', 'succeeded') ORDER BY created_at"
-        ) as cursor:
+        async with self.db.execute(UNFINISHED) as cursor:
             return [_job(row) async for row in cursor]
 
-    async def usage_snapshot(self, user_id: int, guild_id: int | None, since: datetime) -> UsageSnapshot:
-        """Everything the quota check needs, in one query."""
+    async def jobs(self, *, user_id: int | None = None, limit: int = 100) -> list[Job]:
+        """The newest jobs (of one user, if given), newest first."""
+        where, params = ("WHERE user_id = ?", (user_id, limit)) if user_id is not None else ("", (limit,))
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?"  # noqa: S608
+        async with self.db.execute(sql, params) as cursor:
+            return [_job(row) async for row in cursor]
+
+    async def usage_snapshot(self, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
+        """Everything the limits need, in one query."""
+        return await self._usage(user_id, guild_id, now)
+
+    async def _usage(self, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
+        since = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         params = {"user": user_id, "guild": guild_id, "since": since.isoformat()}
         async with self.db.execute(USAGE_SNAPSHOT, params) as cursor:
             row = await cursor.fetchone()
         active, user_images, guild_images, last = row if row else (0, 0, 0, None)  # always one row, in fact
         return UsageSnapshot(int(active), int(user_images), int(guild_images), _aware(last) if last else None)
-
-    async def pin_input(self, user_id: int, url: str, content_type: str, now: datetime) -> None:
-        """Remember an image as the first input of the user's next job ("Use as input")."""
-        await self.db.execute(
-            "INSERT OR REPLACE INTO pinned_inputs VALUES (?, ?, ?, ?)", (user_id, url, content_type, now.isoformat())
-        )
-        await self.db.commit()
 
     async def pinned_input(self, user_id: int, since: datetime) -> tuple[str, str] | None:
         query = "SELECT url, content_type FROM pinned_inputs WHERE user_id = ? AND pinned_at >= ?"
@@ -148,18 +266,26 @@ class SqliteJobStore:
             row = await cursor.fetchone()
         return (row[0], row[1]) if row else None
 
-    async def unpin_input(self, user_id: int) -> None:
-        await self.db.execute("DELETE FROM pinned_inputs WHERE user_id = ?", (user_id,))
-        await self.db.commit()
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _has_table(db: aiosqlite.Connection, name: str) -> bool:
+    async with db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) as cursor:
+        return await cursor.fetchone() is not None
 
 
 def _row(job: Job) -> tuple[Any, ...]:
     return (
-        job.id, job.state.value, job.source, job.user_id, job.guild_id, job.channel_id,
-        job.request.model_dump_json(), job.request.num_images, job.request_id, job.status_url, job.response_url,
-        job.cancel_url, job.queue_position, job.origin_message_id, job.status_message_id, job.thread_id,
-        job.result.model_dump_json() if job.result else None, job.error, str(job.cost_usd),
-        int(job.cancel_requested), int(job.delivery_started), job.created_at.isoformat(), job.updated_at.isoformat(),
+        job.id, job.state.value, job.source, job.user_id, job.guild_id, job.channel_id, job.endpoint,
+        job.request.model_dump_json(), job.request.num_images, job.request_id, job.queue_position,
+        job.origin_message_id, job.status_message_id, job.thread_id,
+        job.result.model_dump_json() if job.result else None, json.dumps(job.result_message_ids),
+        job.delivery_attempts, job.error, str(job.cost_usd), int(job.cancel_requested), job.locale,
+        job.created_at.isoformat(), job.updated_at.isoformat(),
     )  # fmt: skip
 
 
@@ -171,20 +297,20 @@ def _job(row: aiosqlite.Row) -> Job:
         user_id=row["user_id"],
         guild_id=row["guild_id"],
         channel_id=row["channel_id"],
-        request=KontextInput.model_validate(json.loads(row["request_json"])),
+        endpoint=row["endpoint"],
+        request=KontextInput.model_validate_json(row["request_json"]),
         request_id=row["request_id"],
-        status_url=row["status_url"],
-        response_url=row["response_url"],
-        cancel_url=row["cancel_url"],
         queue_position=row["queue_position"],
         origin_message_id=row["origin_message_id"],
         status_message_id=row["status_message_id"],
         thread_id=row["thread_id"],
         result=KontextOutput.model_validate_json(row["result_json"]) if row["result_json"] else None,
+        result_message_ids=tuple(json.loads(row["result_message_ids"])),
+        delivery_attempts=row["delivery_attempts"],
         error=row["error"],
         cost_usd=Decimal(row["cost_usd"]),
         cancel_requested=bool(row["cancel_requested"]),
-        delivery_started=bool(row["delivery_started"]),
+        locale=row["locale"],
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
     )

@@ -1,5 +1,12 @@
-"""Posting results: in a thread on the job's message (or its channel when threads are not
-possible), within Discord's upload limits, and exactly once even across restarts."""
+"""Posting results: in a thread on the job's message (or in place where threads are not possible), within
+Discord's upload limits, and exactly once across retries and restarts.
+
+Each result message is reported to the job's owner the moment Discord confirms it, so a retry or a
+restarted bot posts only what is missing. Every post carries a nonce that Discord enforces, so a post
+whose answer was lost is not made twice; a post older than Discord's nonce window is found in the
+channel by that job's own result buttons or file names. Where the bot has no access, the results go to
+the interaction's followups while its token lives; otherwise the delivery ends with a reason.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,20 @@ import io
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.jobs import Job, ResultImage
+from bot.i18n import t, using_locale
+from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
 from cogs.render import render_result
-from cogs.status import StatusMessage
-from cogs.views import result_view
+from cogs.status import EDIT_ERRORS, StatusMessage
+from cogs.views import RESULT_ACTIONS, result_view
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("DiscordJobSink", "UploadPlan", "plan_uploads")
+__all__ = ("DiscordJobSink", "PlannedMessage", "UploadPlan", "plan_uploads")
 
 log = logging.getLogger(__name__)
 
@@ -27,133 +35,223 @@ DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord takes 25 MiB per message request; keep room for the JSON
 MAX_FILES_PER_MESSAGE = 10
 THREAD_EXISTS = 160004
-HISTORY_SCAN = 50
+HISTORY_SCAN = 100
 AnyChannel = discord.abc.GuildChannel | discord.abc.PrivateChannel | discord.Thread
 
 
 @dataclass
-class UploadPlan:
-    """Which images go up as files (in batches), which as links, and how many are withheld."""
+class PlannedMessage:
+    """One result message: its files (file name, image); the first message also has the text and buttons."""
 
-    batches: list[list[tuple[str, ResultImage]]] = field(default_factory=list)
+    files: list[tuple[str, ResultImage]] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass
+class UploadPlan:
+    """Which images go up as files (in messages), which as links, how many are withheld or missing."""
+
+    messages: list[PlannedMessage] = field(default_factory=lambda: [PlannedMessage()])
     linked: list[str] = field(default_factory=list)
     withheld: int = 0
+    missing: int = 0
 
     @property
     def posted(self) -> int:
-        return sum(len(batch) for batch in self.batches)
+        return sum(len(message.files) for message in self.messages)
+
+
+def file_name(job: Job, number: int, image: ResultImage) -> str:
+    """Names that say which job a file belongs to, so a post can be recognised after a restart."""
+    return f"kontext-{job.id[:12]}-{number}.{image.extension}"
 
 
 def plan_uploads(job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool) -> UploadPlan:
-    """Flagged images are spoilered in NSFW channels and withheld elsewhere; too-large ones become links."""
+    """Flagged images are spoilered in NSFW channels and withheld elsewhere; too-large ones become links.
+    The plan depends only on its arguments, so a retry makes the same messages in the same order."""
     plan = UploadPlan()
-    size = 0
     for number, image in enumerate(images, start=1):
-        if image.nsfw and not nsfw_channel:
+        if image.data is None:
+            plan.missing += 1
+        elif image.nsfw and not nsfw_channel:
             plan.withheld += 1
         elif len(image.data) > file_limit:
             plan.linked.append(image.url)
         else:
-            batch_full = not plan.batches or len(plan.batches[-1]) == MAX_FILES_PER_MESSAGE
-            if batch_full or size + len(image.data) > MAX_REQUEST_BYTES:
-                plan.batches.append([])
-                size = 0
-            plan.batches[-1].append((f"kontext-{job.id[:8]}-{number}.{image.extension}", image))
-            size += len(image.data)
+            last = plan.messages[-1]
+            if len(last.files) == MAX_FILES_PER_MESSAGE or last.size + len(image.data) > MAX_REQUEST_BYTES:
+                last = PlannedMessage()
+                plan.messages.append(last)
+            last.files.append((file_name(job, number, image), image))
+            last.size += len(image.data)
     return plan
 
 
-def _files(batch: list[tuple[str, ResultImage]]) -> list[discord.File]:
-    return [discord.File(io.BytesIO(image.data), filename=name, spoiler=image.nsfw) for name, image in batch]
+def _files(message: PlannedMessage) -> list[discord.File]:
+    return [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw)
+            for name, image in message.files]  # fmt: skip
 
 
-class DiscordJobSink:
+def _nonce(job: Job, index: int) -> str:
+    return f"{job.id[:22]}-{index}"  # Discord allows 25 characters
+
+
+class DiscordJobSink(JobSink):
     """`JobSink` for Discord: status edits through `StatusMessage`, results as files in a thread."""
 
-    def __init__(self, bot: KontextBot, status: StatusMessage, *, file_limit: int | None = None) -> None:
+    def __init__(self, bot: KontextBot, status: StatusMessage) -> None:
         self._bot = bot
         self.status = status
-        self._file_limit = file_limit
 
-    async def show(self, job: Job) -> None:
+    def show(self, job: Job) -> None:
         self.status.show(job)
-        if job.state.finished:
-            await self.status.settle()
 
-    async def deliver(self, job: Job, images: list[ResultImage], *, maybe_posted: bool) -> None:
-        channel = await self._channel(job.channel_id)
-        destination = await self._destination(job, channel)
-        if maybe_posted and await self._already_posted(destination, job):
-            log.info("job %s was already delivered before the restart", job.id)
-            return
-        plan = plan_uploads(job, images, file_limit=self._limit(channel), nsfw_channel=_is_nsfw(channel))
-        await self._post(destination, job, plan)
+    async def settle(self) -> None:
+        await self.status.settle()
 
-    async def _post(self, destination: discord.abc.Messageable, job: Job, plan: UploadPlan) -> None:
-        content = render_result(job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked)
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-        batches: Iterator[list[tuple[str, ResultImage]]] = iter(plan.batches)
-        first = next(batches, [])
-        await destination.send(content, files=_files(first), view=result_view(job.id), allowed_mentions=mentions)
-        for batch in batches:
-            await destination.send(files=_files(batch), allowed_mentions=discord.AllowedMentions.none())
+    async def deliver(self, job: Job, images: Sequence[ResultImage], report: DeliveryReport) -> None:
+        with using_locale(job.locale):
+            await _Delivery(self._bot, job, images, report, self.status.interaction).run()
 
-    async def _destination(self, job: Job, channel: AnyChannel | None) -> discord.abc.Messageable:
-        if job.thread_id is None:
-            thread_id = await self._start_thread(job, channel)
+
+class _Delivery:
+    """One attempt at posting one job's results."""
+
+    def __init__(
+        self,
+        bot: KontextBot,
+        job: Job,
+        images: Sequence[ResultImage],
+        report: DeliveryReport,
+        interaction: discord.Interaction[Any] | None,
+    ) -> None:
+        self._bot = bot
+        self._job = job
+        self._images = images
+        self._report = report
+        self._interaction = interaction
+        self._done = len(job.result_message_ids)
+        self._maybe_posted = job.delivery_attempts > 1  # an earlier attempt may have posted without recording it
+
+    async def run(self) -> None:
+        try:
+            channel = await self._channel()
+            plan = plan_uploads(self._job, self._images, file_limit=_file_limit(channel),
+                                nsfw_channel=_is_nsfw(channel))  # fmt: skip
+            if self._done >= len(plan.messages):
+                return  # everything was posted before a crash
+            await self._post_in_channel(channel, plan)
+        except (discord.Forbidden, discord.NotFound) as exc:
+            await self._post_as_followups(exc)
+        except EDIT_ERRORS as exc:
+            raise DeliveryFailed(
+                t("Discord did not take the results ({error}).", error=_short(exc)), final=False
+            ) from exc
+
+    async def _post_in_channel(self, channel: AnyChannel, plan: UploadPlan) -> None:
+        destination = await self._destination(channel)
+        for index in range(self._done, len(plan.messages)):
+            message = await self._find_posted(destination, plan, index) if self._maybe_posted else None
+            if message is None:
+                message = await destination.send(nonce=_nonce(self._job, index), **self._message(plan, index))
+            else:
+                log.info("job %s: result message %d was already posted", self._job.id, index + 1)
+            await self._report.result_posted(message.id)
+            self._done += 1
+
+    async def _post_as_followups(self, error: discord.HTTPException) -> None:
+        """No access to the channel: the interaction's own webhook still works while its token lives."""
+        interaction = self._interaction
+        if interaction is None:
+            raise DeliveryFailed(_no_access_text(error), final=True) from error
+        log.info("job %s: no access to channel %s (%s); posting the results as followups",
+                 self._job.id, self._job.channel_id, error)  # fmt: skip
+        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False)
+        try:
+            for index in range(self._done, len(plan.messages)):
+                sent = await interaction.followup.send(wait=True, **self._message(plan, index))
+                await self._report.result_posted(sent.id)
+                self._done += 1
+        except EDIT_ERRORS as exc:
+            raise DeliveryFailed(_no_access_text(error), final=isinstance(exc, discord.HTTPException)) from exc
+
+    def _message(self, plan: UploadPlan, index: int) -> dict[str, Any]:
+        files = _files(plan.messages[index])
+        if index > 0:
+            return {"files": files, "allowed_mentions": discord.AllowedMentions.none()}
+        content = render_result(self._job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked,
+                                missing=plan.missing)  # fmt: skip
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._job.user_id)])
+        return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions}
+
+    async def _channel(self) -> AnyChannel:
+        channel: AnyChannel | None = self._bot.get_channel(self._job.channel_id)
+        if channel is not None:
+            return channel
+        fetched: AnyChannel = await self._bot.fetch_channel(self._job.channel_id)
+        return fetched
+
+    async def _destination(self, channel: AnyChannel) -> discord.abc.Messageable:
+        if self._job.thread_id is None:
+            thread_id = await self._start_thread(channel)
             if thread_id is not None:
-                job.touch(thread_id=thread_id)
-                await self._bot.store.save(job)
+                await self._report.thread_created(thread_id)
+                self._job = self._job.update(thread_id=thread_id)
         destination: discord.abc.Messageable = self._bot.get_partial_messageable(
-            job.thread_id or job.channel_id, guild_id=job.guild_id
+            self._job.thread_id or self._job.channel_id, guild_id=self._job.guild_id
         )
         return destination
 
-    async def _start_thread(self, job: Job, channel: AnyChannel | None) -> int | None:
-        if job.origin_message_id is None or not isinstance(channel, discord.TextChannel):
-            return None  # DMs, threads, forums and voice chats: post in place
-        name = f"Kontext: {' '.join(job.request.prompt.split())}"[:100]  # one line, Discord's limit
+    async def _start_thread(self, channel: AnyChannel) -> int | None:
+        origin = self._job.origin_message_id
+        if origin is None or not isinstance(channel, discord.TextChannel):
+            return None  # DMs, threads, forum posts and voice chats: post in place
+        name = thread_name(self._job.request.prompt)
         try:
-            thread = await channel.get_partial_message(job.origin_message_id).create_thread(name=name)
+            thread = await channel.get_partial_message(origin).create_thread(name=name)
         except discord.HTTPException as exc:
             if exc.code == THREAD_EXISTS:
-                return job.origin_message_id  # a thread's id is its starter message's id
-            log.info("no thread for job %s (%s); posting in the channel", job.id, exc)
+                return origin  # a thread's id is its starter message's id
+            log.info("no thread for job %s (%s); posting in the channel", self._job.id, exc)
             return None
         return thread.id
 
-    async def _already_posted(self, destination: discord.abc.Messageable, job: Job) -> bool:
-        """Our result message carries the job id in its buttons' custom_ids: look for it."""
-        marker = f":{job.id}"
-        async for message in destination.history(limit=HISTORY_SCAN):
-            if self._is_ours(message) and any(custom_id.endswith(marker) for custom_id in _custom_ids(message)):
-                return True
-        return False
+    async def _find_posted(self, destination: discord.abc.Messageable, plan: UploadPlan, index: int) -> Any:
+        """This job's result message `index`, if an earlier attempt posted it: only messages since the job
+        began, only ours, recognised by this job's own result buttons or file names (never its status)."""
+        names = {name for name, _ in plan.messages[index].files}
+        buttons = {f"kontext:{action}:{self._job.id}" for action in RESULT_ACTIONS} if index == 0 else set()
+        since = discord.Object(discord.utils.time_snowflake(self._job.created_at))
+        async for message in destination.history(limit=HISTORY_SCAN, after=since):
+            if self._is_ours(message) and (_attachment_names(message) & names or _custom_ids(message) & buttons):
+                return message
+        return None
 
     def _is_ours(self, message: discord.Message) -> bool:
         return self._bot.user is not None and message.author.id == self._bot.user.id
 
-    async def _channel(self, channel_id: int) -> AnyChannel | None:
-        channel: AnyChannel | None = self._bot.get_channel(channel_id)
-        if channel is not None:
-            return channel
-        try:
-            fetched: AnyChannel = await self._bot.fetch_channel(channel_id)
-        except discord.HTTPException:
-            return None
-        return fetched
 
-    def _limit(self, channel: object) -> int:
-        if self._file_limit is not None:
-            return self._file_limit
-        guild = getattr(channel, "guild", None)
-        return guild.filesize_limit if isinstance(guild, discord.Guild) else DEFAULT_FILE_LIMIT
+def thread_name(prompt: str) -> str:
+    """One line, cut to Discord's 100 characters."""
+    return f"Kontext: {' '.join(prompt.split())}"[:100]
 
 
-def _custom_ids(message: discord.Message) -> Iterator[str]:
-    for row in message.components:
-        for child in getattr(row, "children", ()):
-            yield getattr(child, "custom_id", None) or ""
+def _attachment_names(message: discord.Message) -> set[str]:
+    return {attachment.filename.removeprefix("SPOILER_") for attachment in message.attachments}
+
+
+def _custom_ids(message: discord.Message) -> set[str]:
+    return {getattr(child, "custom_id", None) or "" for row in message.components for child in _children(row)}
+
+
+def _children(row: Any) -> Iterator[Any]:
+    yield from getattr(row, "children", ())
+
+
+def _file_limit(channel: object) -> int:
+    """What the bot may upload there: the server's limit (bots have no Nitro), 10 MiB elsewhere."""
+    guild = getattr(channel, "guild", None)
+    return guild.filesize_limit if isinstance(guild, discord.Guild) else DEFAULT_FILE_LIMIT
 
 
 def _is_nsfw(channel: object) -> bool:
@@ -161,3 +259,13 @@ def _is_nsfw(channel: object) -> bool:
         return channel.parent is not None and channel.parent.is_nsfw()
     is_nsfw = getattr(channel, "is_nsfw", None)
     return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+def _no_access_text(error: discord.HTTPException) -> str:
+    if isinstance(error, discord.NotFound):
+        return t("The results could not be posted: the channel is gone.")
+    return t("The results could not be posted: I can't post in that channel. Ask an admin to let me in.")
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200] or type(exc).__name__

@@ -1,33 +1,70 @@
 """Turning Discord attachments, embeds and options into a checked Kontext request.
 
 Everything here runs before any paid call; a problem raises `UserFacingError` with a text for the user.
+The limits of each option live in one place, the `KontextInput` model: the slash command's ranges and
+choices and the checks here are read from it.
 """
 
 from __future__ import annotations
 
-import random
 import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
+import annotated_types
 import discord
 from pydantic import ValidationError
 from yarl import URL
 
 from bot.config import Settings
-from bot.fal import ASPECT_RATIOS, KontextInput
+from bot.fal import KontextInput
+from bot.i18n import t, tn
+from cogs.replies import UserFacingError
 
-__all__ = ("ImageRef", "JobOptions", "UserFacingError", "build_request", "check_images", "images_of_message")
+__all__ = (
+    "ASPECT_RATIOS",
+    "GUIDANCE",
+    "NUM_IMAGES",
+    "OUTPUT_FORMATS",
+    "SAFETY_LEVELS",
+    "SEED",
+    "ImageRef",
+    "JobOptions",
+    "build_request",
+    "check_images",
+    "clean_prompt",
+    "images_of_message",
+)
 
 ACCEPTED_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
 EXTENSION_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-MAX_SEED = 2**32 - 1
+# Characters that reorder text on screen (a prompt could make its echo read backwards).
+BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
 
 
-class UserFacingError(Exception):
-    """A problem the user can fix; its message is shown to them as it is."""
+def _bounds(name: str) -> tuple[int, int]:
+    """The `ge`/`le` bounds of a numeric `KontextInput` field."""
+    metadata = KontextInput.model_fields[name].metadata
+    low: Any = next(m.ge for m in metadata if isinstance(m, annotated_types.Ge))
+    high: Any = next(m.le for m in metadata if isinstance(m, annotated_types.Le))
+    return int(low), int(high)
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    """The values of a `Literal` (or optional `Literal`) `KontextInput` field."""
+    annotation: Any = KontextInput.model_fields[name].annotation
+    literal = next(arg for arg in (annotation, *get_args(annotation)) if get_origin(arg) is Literal)
+    return tuple(str(value) for value in get_args(literal))
+
+
+GUIDANCE = _bounds("guidance_scale")
+NUM_IMAGES = _bounds("num_images")
+SEED = _bounds("seed")
+OUTPUT_FORMATS = _choices("output_format")
+SAFETY_LEVELS = _choices("safety_tolerance")
+ASPECT_RATIOS = _choices("aspect_ratio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +83,15 @@ class ImageRef:
                    decodable=attachment.width is not None)  # fmt: skip
 
     @classmethod
-    def from_url(cls, url: str) -> ImageRef:
-        return cls(url, PurePosixPath(URL(url).path).name or "image")
+    def from_url(cls, url: str) -> ImageRef | None:
+        """A link's image, only over http(s); None for anything else or a malformed URL."""
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError):
+            return None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            return None
+        return cls(url, PurePosixPath(parsed.path).name or "image")
 
     @property
     def effective_type(self) -> str | None:
@@ -67,29 +111,28 @@ class JobOptions:
     aspect_ratio: str | None = None
     seed: int | None = None
 
-    def with_new_seed(self) -> JobOptions:
-        return JobOptions(self.guidance_scale, self.num_images, self.output_format, self.safety_tolerance,
-                          self.aspect_ratio, random.randint(0, MAX_SEED))  # fmt: skip
-
 
 def build_request(prompt: str, images: Sequence[ImageRef], options: JobOptions, settings: Settings) -> KontextInput:
     """Check everything we can check locally and build the request. Raises `UserFacingError`."""
-    text = _check_prompt(prompt, settings.max_prompt_length)
-    _check_images(images, settings)
-    _check_options(options)
+    text = clean_prompt(prompt, settings.max_prompt_length)
+    check_images(images, settings)
     try:
-        return KontextInput(
-            prompt=text,
-            image_urls=tuple(image.url for image in images),
-            seed=options.seed,
-            guidance_scale=options.guidance_scale,
-            num_images=options.num_images,
-            output_format=options.output_format,
-            safety_tolerance=options.safety_tolerance,
-            aspect_ratio=options.aspect_ratio,
+        return KontextInput.model_validate(
+            {"prompt": text, "image_urls": tuple(image.url for image in images), **asdict(options)}
         )
-    except ValidationError as exc:  # a bound we did not foresee; still no paid call
-        raise UserFacingError(f"Those options are not valid: {_first_error(exc)}") from None
+    except ValidationError as exc:
+        raise UserFacingError(_option_problem(exc)) from None
+
+
+def clean_prompt(prompt: str | None, limit: int) -> str:
+    """The prompt without reordering characters, checked for content and length."""
+    text = (prompt or "").translate(BIDI_CONTROLS).strip()
+    if not _visible(text):
+        raise UserFacingError(t("Please write a prompt: what should change in the image(s)?"))
+    if len(text) > limit:
+        raise UserFacingError(t("The prompt is {length} characters long; the limit is {limit}.",
+                                length=len(text), limit=limit))  # fmt: skip
+    return text
 
 
 def images_of_message(message: discord.Message) -> list[ImageRef]:
@@ -104,23 +147,21 @@ def images_of_message(message: discord.Message) -> list[ImageRef]:
 def _images_in(message: discord.Message) -> list[ImageRef]:
     refs = [ImageRef.from_attachment(a) for a in message.attachments if _looks_like_image(a)]
     for embed in message.embeds:
-        url = embed.image.url or (embed.thumbnail.url if embed.type == "image" else None)
-        if url:
-            refs.append(ImageRef.from_url(url))
+        ref = _embed_image(embed)
+        if ref is not None:
+            refs.append(ref)
     return refs
+
+
+def _embed_image(embed: discord.Embed) -> ImageRef | None:
+    """The copy Discord's media proxy already fetched, never the link's own URL (which could point anywhere)."""
+    media = embed.image if embed.image.url else (embed.thumbnail if embed.type == "image" else None)
+    proxy_url = media.proxy_url if media is not None else None
+    return ImageRef.from_url(proxy_url) if proxy_url else None
 
 
 def _looks_like_image(attachment: discord.Attachment) -> bool:
     return (attachment.content_type or "").startswith("image/") or attachment.width is not None
-
-
-def _check_prompt(prompt: str | None, limit: int) -> str:
-    text = (prompt or "").strip()
-    if not _visible(text):
-        raise UserFacingError("Please write a prompt: what should change in the image(s)?")
-    if len(text) > limit:
-        raise UserFacingError(f"The prompt is {len(text)} characters long; the limit is {limit}.")
-    return text
 
 
 def _visible(text: str) -> bool:
@@ -129,15 +170,12 @@ def _visible(text: str) -> bool:
 
 
 def check_images(images: Sequence[ImageRef], settings: Settings) -> None:
-    """The image checks alone, for triggers that ask for the prompt afterwards."""
-    _check_images(images, settings)
-
-
-def _check_images(images: Sequence[ImageRef], settings: Settings) -> None:
     if not images:
-        raise UserFacingError("Please attach at least one image (PNG, JPEG or WebP).")
+        raise UserFacingError(t("Please attach at least one image (PNG, JPEG or WebP)."))
     if len(images) > settings.max_images:
-        raise UserFacingError(f"You gave {len(images)} images; at most {settings.max_images} can be combined.")
+        raise UserFacingError(tn("You gave {count} image; at most {limit} can be combined.",
+                                 "You gave {count} images; at most {limit} can be combined.",
+                                 len(images), limit=settings.max_images))  # fmt: skip
     for number, image in enumerate(images, start=1):
         _check_image(number, image, settings.max_image_bytes)
 
@@ -146,32 +184,30 @@ def _check_image(number: int, image: ImageRef, max_bytes: int) -> None:
     kind = image.effective_type
     name = discord.utils.escape_markdown(image.filename[:80])
     if kind not in ACCEPTED_TYPES or image.decodable is False:
-        accepted = ", ".join(ACCEPTED_TYPES.values())
-        raise UserFacingError(f"Image {number} (`{name}`) is not a supported image; use {accepted}.")
+        raise UserFacingError(t("Image {number} (`{name}`) is not a supported image; use {accepted}.",
+                                number=number, name=name, accepted=", ".join(ACCEPTED_TYPES.values())))  # fmt: skip
     if image.size is not None and image.size > max_bytes:
         size, limit = _sizes(image.size, max_bytes)
-        raise UserFacingError(f"Image {number} (`{name}`) is {size}; the limit is {limit} per image.")
+        raise UserFacingError(t("Image {number} (`{name}`) is {size}; the limit is {limit} per image.",
+                                number=number, name=name, size=size, limit=limit))  # fmt: skip
     if image.size == 0:
-        raise UserFacingError(f"Image {number} (`{name}`) is empty.")
+        raise UserFacingError(t("Image {number} (`{name}`) is empty.", number=number, name=name))
 
 
-def _check_options(options: JobOptions) -> None:
-    checks: Iterable[tuple[bool, str]] = (
-        (options.guidance_scale is None or 1 <= options.guidance_scale <= 20, "guidance_scale must be 1 to 20."),
-        (1 <= options.num_images <= 4, "num_images must be 1 to 4."),
-        (options.output_format in ("jpeg", "png"), "output_format must be jpeg or png."),
-        (options.safety_tolerance in (None, "1", "2", "3", "4", "5", "6"), "safety_tolerance must be 1 to 6."),
-        (options.aspect_ratio is None or options.aspect_ratio in ASPECT_RATIOS, "aspect_ratio is not supported."),
-        (options.seed is None or 0 <= options.seed <= MAX_SEED, f"seed must be 0 to {MAX_SEED}."),
-    )
-    for ok, problem in checks:
-        if not ok:
-            raise UserFacingError(problem)
+_OPTION_RULES = {
+    "guidance_scale": lambda: t("guidance_scale must be from {low} to {high}.", low=GUIDANCE[0], high=GUIDANCE[1]),
+    "num_images": lambda: t("num_images must be from {low} to {high}.", low=NUM_IMAGES[0], high=NUM_IMAGES[1]),
+    "seed": lambda: t("seed must be from {low} to {high}.", low=SEED[0], high=SEED[1]),
+    "output_format": lambda: t("output_format must be one of {choices}.", choices=", ".join(OUTPUT_FORMATS)),
+    "safety_tolerance": lambda: t("safety_tolerance must be one of {choices}.", choices=", ".join(SAFETY_LEVELS)),
+    "aspect_ratio": lambda: t("aspect_ratio must be one of {choices}.", choices=", ".join(ASPECT_RATIOS)),
+}
 
 
-def _first_error(exc: ValidationError) -> str:
-    error: dict[str, Any] = dict(exc.errors(include_url=False)[0])
-    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+def _option_problem(exc: ValidationError) -> str:
+    field = str(exc.errors(include_url=False)[0]["loc"][0])
+    rule = _OPTION_RULES.get(field)
+    return rule() if rule else t("The option {name} is not valid.", name=field)
 
 
 def _sizes(size: int, limit: int) -> tuple[str, str]:

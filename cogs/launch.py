@@ -1,33 +1,42 @@
-"""The one path every trigger takes: access and quota checks, the status message, one submit
-to fal, then the runner. Also resumes stored jobs after a restart."""
+"""The one path every trigger takes to start a job, and the resumption of stored jobs after a restart.
+
+An interaction is answered first — with the job's status message — before any database read, lock or
+fal request, so Discord's 3-second window never closes on a busy bot. Admission (the limits) then runs
+as one atomic step in the store; a refusal takes the status message back and answers ephemerally.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord.ext import commands
 
-from bot.fal import FalError, KontextInput
-from bot.jobs import Job, JobState
-from bot.messages import describe_failure
-from bot.quota import QuotaDenied, QuotaExceeded, Quotas
+from bot.fal import KontextInput
+from bot.i18n import DEFAULT_LOCALE, t, using_locale
+from bot.jobs import Job
+from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
-from cogs.inputs import UserFacingError
-from cogs.render import render_status
-from cogs.status import NO_MENTIONS, ChannelTarget, InteractionTarget, StatusMessage, StatusTarget
+from cogs.inputs import ImageRef, JobOptions, build_request
+from cogs.render import denial_text, render_status
+from cogs.replies import NO_MENTIONS, UserFacingError
+from cogs.status import EDIT_ERRORS, ChannelTarget, InteractionTarget, StatusMessage, StatusTarget
 from cogs.views import status_view
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("Launcher", "Origin")
+__all__ = ("Draft", "Launcher", "Origin", "launcher_of", "take_back")
 
 log = logging.getLogger(__name__)
+
+PIN_LIFETIME = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,101 +48,188 @@ class Origin:
     guild_id: int | None
     source: str
     message_id: int | None = None
+    locale: str = DEFAULT_LOCALE
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A request as the user gave it; `use_pin` puts their pinned image ("Use as input") first."""
+
+    prompt: str
+    images: tuple[ImageRef, ...]
+    options: JobOptions
+    use_pin: bool = False
 
 
 class Launcher:
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.settings = bot.settings
-        self.quotas = Quotas(bot.store, bot.settings)
 
-    async def from_interaction(
-        self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin
-    ) -> None:
-        """Answer the interaction with the status message (its acknowledgement), then submit."""
-        async with self._admitted(origin, request) as job:
-            response = await interaction.response.send_message(
-                render_status(job, submitting=True), view=status_view(job.id), allowed_mentions=NO_MENTIONS
-            )
-            message_id = response.message_id
-            target = InteractionTarget(interaction, message_id)
-            await self._submit(job, target, file_limit=interaction.filesize_limit, status_message_id=message_id)
+    # --- checks that need no database ---------------------------------------------------------
 
-    async def from_message(self, request: KontextInput, origin: Origin) -> None:
-        """A trigger without an interaction (the reaction): the status is a reply to the message."""
-        channel = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
-        async with self._admitted(origin, request) as job:
-            reply = channel.get_partial_message(origin.message_id) if origin.message_id else discord.utils.MISSING
-            message = await channel.send(
-                render_status(job, submitting=True), view=status_view(job.id), allowed_mentions=NO_MENTIONS,
-                reference=reply, mention_author=False,
-            )  # fmt: skip
-            target = ChannelTarget(self.bot, message.channel.id, message.id)
-            await self._submit(job, target, file_limit=None, status_message_id=message.id)
+    def check(self, draft: Draft, origin: Origin) -> KontextInput:
+        """Everything checkable in memory: the input, the access lists. Raises `UserFacingError`."""
+        self.check_access(origin.user, origin.guild_id)
+        return build_request(draft.prompt, draft.images, draft.options, self.settings)
 
     def check_access(self, user: discord.User | discord.Member, guild_id: int | None) -> None:
         allowed_guilds, allowed_roles = self.settings.allowed_guild_ids, self.settings.allowed_role_ids
         if allowed_guilds and guild_id not in allowed_guilds:
-            raise UserFacingError("This bot is not enabled here.")
+            raise UserFacingError(t("This bot is not enabled here."))
         if allowed_roles and not any(role.id in allowed_roles for role in getattr(user, "roles", ())):
-            raise UserFacingError("You need one of the roles an admin allowed to use this bot.")
+            raise UserFacingError(t("You need one of the roles an admin allowed to use this bot."))
 
-    @asynccontextmanager
-    async def _admitted(self, origin: Origin, request: KontextInput) -> AsyncIterator[Job]:
-        """Access and quota checks; the job's quota is held until it is stored (or failed)."""
+    @property
+    def limits(self) -> Limits:
+        return Limits.from_settings(self.settings)
+
+    def cost(self, images: int) -> Decimal:
+        return self.settings.price_per_image_usd * images
+
+    # --- interactions ---------------------------------------------------------------------------
+
+    async def from_interaction(self, interaction: discord.Interaction[Any], draft: Draft, origin: Origin) -> None:
+        """Check in memory, answer with the status message (or turn a defer into it), then admit and submit."""
+        await self._launch(interaction, self.check(draft, origin), origin, draft)
+
+    async def from_request(self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin) -> None:
+        """Launch a request built from an earlier job (Reroll): its inputs were checked when it first ran."""
         self.check_access(origin.user, origin.guild_id)
-        now = datetime.now(UTC)
-        try:
-            reservation = self.quotas.reserve(
-                user_id=origin.user.id, guild_id=origin.guild_id, images=request.num_images, now=now
-            )
-            async with reservation:
-                yield self._new_job(request, origin)
-        except QuotaExceeded as exc:
-            raise UserFacingError(_denial_text(exc.denial)) from None
+        await self._launch(interaction, request, origin, None)
 
-    def _new_job(self, request: KontextInput, origin: Origin) -> Job:
-        return Job(
-            request=request, user_id=origin.user.id, channel_id=origin.channel_id, guild_id=origin.guild_id,
-            source=origin.source, origin_message_id=origin.message_id, cost_usd=self.quotas.cost(request.num_images),
-        )  # fmt: skip
-
-    async def _submit(
-        self, job: Job, target: StatusTarget, *, file_limit: int | None, status_message_id: int | None
+    async def _launch(
+        self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin, draft: Draft | None
     ) -> None:
-        job.touch(status_message_id=status_message_id, origin_message_id=job.origin_message_id or status_message_id)
-        status = StatusMessage(self.bot, job, target, interval=self.settings.status_edit_interval_seconds)
-        status.mark_shown(job, submitting=True)
+        job = self._new_job(request, origin)
+        message_id = await _answer(interaction, render_status(job), status_view(job.id))
+        job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
+        status = self._status(job, InteractionTarget(interaction, message_id))
         try:
-            handle = await self.bot.fal.submit(job.request)
-        except FalError as exc:
-            log.warning("submit for job %s failed: %s", job.id, exc)
-            job.touch(state=JobState.FAILED, error=describe_failure(exc))
-            status.show(job)
-            await status.settle()
+            job = await self._with_pin(job, draft)
+            denial = await self.bot.runner.admit(job, self.limits)
+        except UserFacingError as exc:
+            await take_back(interaction, str(exc))
             return
-        job.accepted(handle)
-        await self.bot.store.save(job)
-        log.info("job %s accepted by fal as %s", job.id, handle.request_id)
-        self.start(job, status, file_limit=file_limit)
+        except Exception:
+            log.exception("admitting a job for interaction %s failed", interaction.id)
+            await take_back(interaction, t("Something went wrong on my side; it has been logged."))
+            return
+        if denial is not None:
+            await take_back(interaction, denial_text(denial))
+            return
+        self.bot.runner.launch(job, DiscordJobSink(self.bot, status))
+        if draft is not None and draft.use_pin and len(job.request.image_urls) > len(draft.images):
+            await self.bot.store.unpin_input(origin.user.id)  # used up once a job launched
 
-    def start(self, job: Job, status: StatusMessage, *, file_limit: int | None = None) -> None:
-        status.show(job)
-        self.bot.runner.start(job, DiscordJobSink(self.bot, status, file_limit=file_limit))
+    async def _with_pin(self, job: Job, draft: Draft | None) -> Job:
+        """The job with the user's pinned image first, if they have one; checked again with it."""
+        if draft is None or not draft.use_pin:
+            return job
+        pinned = await self.bot.store.pinned_input(job.user_id, datetime.now(UTC) - PIN_LIFETIME)
+        if pinned is None:
+            return job
+        images = (ImageRef(pinned[0], "pinned", content_type=pinned[1]), *draft.images)
+        request = build_request(draft.prompt, images, draft.options, self.settings)
+        return job.update(request=request)
+
+    # --- the reaction trigger (no interaction) ----------------------------------------------------
+
+    async def from_message(self, request: KontextInput, origin: Origin) -> None:
+        """Post the status as a reply to the message, then admit; a refusal replaces the status for a minute."""
+        channel = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
+        job = self._new_job(request, origin)
+        reply = channel.get_partial_message(origin.message_id) if origin.message_id else discord.utils.MISSING
+        message = await channel.send(render_status(job), view=status_view(job.id), allowed_mentions=NO_MENTIONS,
+                                     reference=reply, mention_author=False)  # fmt: skip
+        job = job.update(status_message_id=message.id, origin_message_id=origin.message_id or message.id)
+        denial = await self.bot.runner.admit(job, self.limits)
+        if denial is not None:
+            await message.edit(content=f"<@{origin.user.id}> {denial_text(denial)}", view=None, delete_after=60,
+                               allowed_mentions=NO_MENTIONS)  # fmt: skip
+            return
+        status = self._status(job, ChannelTarget(self.bot, message.channel.id, message.id))
+        self.bot.runner.launch(job, DiscordJobSink(self.bot, status))
+
+    # --- after a restart ------------------------------------------------------------------------
 
     async def resume_all(self) -> int:
-        """Pick up every stored job that is not finished (after a restart)."""
+        """Pick up every stored job that is not finished."""
         jobs = [job for job in await self.bot.store.unfinished() if self.bot.runner.live(job.id) is None]
         for job in jobs:
-            target = ChannelTarget(self.bot, job.channel_id, job.status_message_id)
-            status = StatusMessage(self.bot, job, target, interval=self.settings.status_edit_interval_seconds)
-            self.start(job, status)
+            status = self._status(job, ChannelTarget(self.bot, job.channel_id, job.status_message_id), shown=False)
+            self.bot.runner.resume(job, DiscordJobSink(self.bot, status))
         if jobs:
             log.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
 
+    # --- helpers --------------------------------------------------------------------------------
 
-def _denial_text(denial: QuotaDenied) -> str:
-    if denial.retry_at is None:
-        return denial.reason
-    return f"{denial.reason} You can go again <t:{int(denial.retry_at.timestamp())}:R>."
+    def _new_job(self, request: KontextInput, origin: Origin) -> Job:
+        return Job(
+            request=request, user_id=origin.user.id, channel_id=origin.channel_id, guild_id=origin.guild_id,
+            source=origin.source, origin_message_id=origin.message_id, cost_usd=self.cost(request.num_images),
+            locale=origin.locale,
+        )  # fmt: skip
+
+    def _status(self, job: Job, target: StatusTarget, *, shown: bool = True) -> StatusMessage:
+        on_moved = functools.partial(self.bot.runner.status_moved, job.id)
+        status = StatusMessage(self.bot, job, target, interval=self.settings.status_edit_interval_seconds,
+                               on_moved=on_moved)  # fmt: skip
+        if shown:
+            status.mark_shown(job)
+        return status
+
+
+async def _answer(interaction: discord.Interaction[Any], content: str, view: discord.ui.View) -> int | None:
+    """Answer with `content` (the first response, or an edit of a defer); the message's id."""
+    if not interaction.response.is_done():
+        response = await interaction.response.send_message(content, view=view, allowed_mentions=NO_MENTIONS)
+        return response.message_id
+    message = await interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
+    return message.id
+
+
+async def take_back(interaction: discord.Interaction[Any], text: str) -> None:
+    """Replace the public answer to the interaction (a status message or a defer) by an ephemeral refusal."""
+    try:
+        await interaction.delete_original_response()
+    except EDIT_ERRORS as exc:
+        log.info("could not take back the status of interaction %s: %r", interaction.id, exc)
+    try:
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    except EDIT_ERRORS as exc:
+        log.warning("could not tell the user of interaction %s why: %r", interaction.id, exc)
+
+
+class Jobs(commands.Cog):
+    """Owns the `Launcher` and resumes stored jobs once the bot is ready."""
+
+    def __init__(self, bot: KontextBot) -> None:
+        self.bot = bot
+        self.launcher = Launcher(bot)
+        self._resume_task: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        self._resume_task = asyncio.create_task(self._resume_when_ready(), name="resume-jobs")
+
+    async def cog_unload(self) -> None:
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+
+    async def _resume_when_ready(self) -> None:
+        await self.bot.wait_until_ready()
+        with using_locale(None):
+            await self.launcher.resume_all()
+
+
+def launcher_of(bot: commands.Bot) -> Launcher:
+    """The launcher, for the other cogs."""
+    cog = bot.get_cog(Jobs.__cog_name__)
+    if not isinstance(cog, Jobs):
+        raise RuntimeError("the Jobs cog is not loaded")
+    return cog.launcher
+
+
+async def setup(bot: KontextBot) -> None:
+    await bot.add_cog(Jobs(bot))

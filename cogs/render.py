@@ -1,4 +1,5 @@
-"""Texts of status and result messages. Pure functions of a job, so they are cheap to compare."""
+"""Texts of status and result messages. Pure functions of a job (and the current locale), so they are
+cheap to compare: an edit is only sent when its text changed."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from decimal import Decimal
 
 import discord
 
+from bot.i18n import t, tn
 from bot.jobs import Job, JobState
+from bot.quota import Denial, DenialKind
 
-__all__ = ("job_link", "money", "prompt_quote", "render_result", "render_status")
+__all__ = ("denial_text", "job_link", "money", "prompt_quote", "render_result", "render_status")
 
 PROMPT_PREVIEW = 300
 
@@ -31,51 +34,89 @@ def job_link(guild_id: int | None, channel_id: int, message_id: int | None = Non
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-def render_status(job: Job, *, submitting: bool = False) -> str:
-    started = int(job.created_at.timestamp())
-    header = (
-        f"**Kontext** for <@{job.user_id}> · {len(job.request.image_urls)} image(s) in, "
-        f"{job.request.num_images} out · est. {money(job.cost_usd)}"
-    )
-    return f"{header}\n{prompt_quote(job.request.prompt)}\n{_state_line(job, started, submitting)}"
+def render_status(job: Job) -> str:
+    header = t(
+        "**Kontext** for <@{user}> · {inputs} image(s) in, {outputs} out · est. {cost}",
+        user=job.user_id, inputs=len(job.request.image_urls), outputs=job.num_images, cost=money(job.cost_usd),
+    )  # fmt: skip
+    return f"{header}\n{prompt_quote(job.request.prompt)}\n{_state_line(job)}"
 
 
-def _state_line(job: Job, started: int, submitting: bool) -> str:
-    if submitting:
-        return "⏳ Sending to the image service…"
+def _state_line(job: Job) -> str:
+    started = t("started <t:{time}:R>", time=int(job.created_at.timestamp()))
     match job.state:
+        case JobState.PENDING:
+            return t("⏳ Sending to the image service…")
         case JobState.QUEUED:
-            return f"🕒 {_queue_place(job.queue_position)} · started <t:{started}:R>"
+            return f"🕒 {_queue_place(job.queue_position)} · {started}"
         case JobState.RUNNING:
-            return f"🎨 Generating · started <t:{started}:R>"
+            return t("🎨 Generating · {started}", started=started)
         case JobState.SUCCEEDED:
-            return "📤 Posting the results…"
+            return t("📤 Posting the results…")
         case JobState.DELIVERED:
-            where = job_link(job.guild_id, job.thread_id or job.channel_id)
-            return f"✅ Done · results in {where}"
+            return t("✅ Done · results in {where}", where=job_link(job.guild_id, job.thread_id or job.channel_id))
         case JobState.CANCELLED:
-            return "🚫 Cancelled. Nothing was generated."
-        case JobState.FAILED:
-            return f"❌ {discord.utils.escape_markdown(job.error or 'The job failed.')}"
+            return t("🚫 Cancelled. Nothing was generated.")
+        case JobState.UNDELIVERABLE:
+            return f"❌ {_escaped_error(job)}{_result_links(job)}"
+        case JobState.FAILED | JobState.TIMED_OUT | JobState.UNCONFIRMED:
+            return f"❌ {_escaped_error(job)}"
+
+
+def _escaped_error(job: Job) -> str:
+    return discord.utils.escape_markdown(job.error or t("The job failed."))
+
+
+def _result_links(job: Job) -> str:
+    """Where a generated but unposted job's images can still be fetched (fal keeps them for days)."""
+    if job.result is None or not job.result.images:
+        return ""
+    return "\n" + t("📎 Your images: {links}", links=" ".join(f"<{image.url}>" for image in job.result.images))
 
 
 def _queue_place(ahead: int | None) -> str:
     if ahead is None:
-        return "In the queue"
-    return "In the queue: next in line" if ahead == 0 else f"In the queue: {ahead} job(s) ahead"
+        return t("In the queue")
+    if ahead == 0:
+        return t("In the queue: next in line")
+    return tn("In the queue: {count} job ahead", "In the queue: {count} jobs ahead", ahead)
 
 
-def render_result(job: Job, *, posted: int, withheld: int, linked: list[str]) -> str:
+def render_result(job: Job, *, posted: int, withheld: int, linked: list[str], missing: int) -> str:
     """The text above the result files."""
     seed = job.result.seed if job.result else None
     lines = [
-        f"<@{job.user_id}> here is your edit · seed `{seed}` · cost {money(job.cost_usd)}",
+        t("<@{user}> here is your edit · seed `{seed}` · cost {cost}", user=job.user_id, seed=seed,
+          cost=money(job.cost_usd)),
         prompt_quote(job.request.prompt),
-    ]
+    ]  # fmt: skip
     if withheld:
-        lines.append(f"🙈 {withheld} image(s) withheld: the safety filter flagged them and this channel is not NSFW.")
+        lines.append(tn("🙈 {count} image withheld: the safety filter flagged it and this channel is not NSFW.",
+                        "🙈 {count} images withheld: the safety filter flagged them and this channel is not NSFW.",
+                        withheld))  # fmt: skip
     if linked:
-        lines.append("📎 Too large to upload here: " + " ".join(f"<{url}>" for url in linked))
-    if not posted and not linked and not withheld:
-        lines.append("The image service returned no images.")
+        lines.append(t("📎 Too large to upload here: {links}", links=" ".join(f"<{url}>" for url in linked)))
+    if missing:
+        lines.append(tn("⚠️ {count} image could not be fetched from the image service.",
+                        "⚠️ {count} images could not be fetched from the image service.", missing))  # fmt: skip
+    if not posted and not linked and not withheld and not missing:
+        lines.append(t("The image service returned no images."))
     return "\n".join(lines)
+
+
+def denial_text(denial: Denial) -> str:
+    """Why a job may not start, and when the user can go again."""
+    match denial.kind:
+        case DenialKind.CONCURRENCY:
+            reason = tn("You already have {count} job running; wait for it to finish.",
+                        "You already have {count} jobs running; wait for one to finish.", denial.used)  # fmt: skip
+        case DenialKind.COOLDOWN:
+            reason = t("You are on cooldown.")
+        case DenialKind.USER_DAILY:
+            reason = t("You have used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
+        case DenialKind.GUILD_DAILY:
+            reason = t("This server has used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
+    if denial.retry_at is None:
+        return reason
+    again = t("You can go again <t:{time}:R>.", time=int(denial.retry_at.timestamp()))
+    return f"{reason} {again}"

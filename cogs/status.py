@@ -1,32 +1,40 @@
-"""The status message of a job: one message, edited only when its text changes, never faster
-than `interval`, and moved off the 15-minute interaction token before the token dies."""
+"""The status message of a job: one message, edited only when its text changes, never faster than
+`interval`, moved off the 15-minute interaction token before the token dies, and kept alive through any
+error of a single edit — the final state is always shown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import discord
 
+from bot.i18n import t, using_locale
 from bot.jobs import Job
 from cogs.render import job_link, render_status
+from cogs.replies import NO_MENTIONS
 from cogs.views import status_view
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("ChannelTarget", "InteractionTarget", "StatusMessage", "StatusTarget")
+__all__ = ("EDIT_ERRORS", "ChannelTarget", "InteractionTarget", "StatusMessage", "StatusTarget")
 
 log = logging.getLogger(__name__)
 
 # Leave the interaction token this long before it expires.
 TOKEN_MARGIN = timedelta(seconds=60)
-NO_MENTIONS = discord.AllowedMentions.none()
 SETTLE_SECONDS = 30.0
 EDIT_ATTEMPTS = 3
+# What one Discord request can fail with: an answer, a dropped connection, or no answer in time.
+EDIT_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
+
+Wanted = tuple[str, bool]  # the text, and whether the Cancel button goes with it
 
 
 class StatusTarget(Protocol):
@@ -40,12 +48,12 @@ class InteractionTarget:
     """The interaction's own response, edited through its webhook token (15-minute life)."""
 
     def __init__(self, interaction: discord.Interaction[Any], message_id: int | None) -> None:
-        self._interaction = interaction
+        self.interaction = interaction
         self.message_id = message_id
         self.expires_at: datetime | None = interaction.expires_at
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
-        await self._interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
+        await self.interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
 
 
 class ChannelTarget:
@@ -70,21 +78,42 @@ class ChannelTarget:
 
 
 class StatusMessage:
-    """Keeps a job's status message in step with the job, coalescing bursts of changes."""
+    """Keeps a job's status message in step with the job, coalescing bursts of changes.
 
-    def __init__(self, bot: KontextBot, job: Job, target: StatusTarget, *, interval: float) -> None:
+    It never changes the job: when the message moves (a new channel message), it reports the new
+    message id through `on_moved`, and the job's owner records it."""
+
+    def __init__(
+        self,
+        bot: KontextBot,
+        job: Job,
+        target: StatusTarget,
+        *,
+        interval: float,
+        on_moved: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self._bot = bot
         self._job = job
         self._target = target
         self._interval = interval
-        self._shown: tuple[str, bool] | None = None
-        self._wanted: tuple[str, bool] | None = None
+        self._on_moved = on_moved
+        self._shown: Wanted | None = None
+        self._wanted: Wanted | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def show(self, job: Job, *, submitting: bool = False) -> None:
+    @property
+    def interaction(self) -> discord.Interaction[Any] | None:
+        """The interaction the status answers, while its token can still post."""
+        target = self._target
+        if isinstance(target, InteractionTarget) and not self._token_running_out():
+            return target.interaction
+        return None
+
+    def show(self, job: Job) -> None:
         """Ask for the status of `job` to be shown; returns at once."""
-        self._wanted = _wanted(job, submitting=submitting)
+        self._job = job
+        self._wanted = _wanted(job)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._editor(), name=f"status:{job.id}")
@@ -94,9 +123,10 @@ class StatusMessage:
         if self._task is not None:
             await asyncio.wait([self._task], timeout=SETTLE_SECONDS)
 
-    def mark_shown(self, job: Job, *, submitting: bool = False) -> None:
+    def mark_shown(self, job: Job) -> None:
         """The target already shows this (it was posted with this text)."""
-        self._shown = _wanted(job, submitting=submitting)
+        self._job = job
+        self._shown = _wanted(job)
 
     async def _editor(self) -> None:
         failures = 0
@@ -106,21 +136,24 @@ class StatusMessage:
                 await self._move_to_channel()
             wanted = self._wanted
             if wanted is not None and wanted != self._shown:
-                await self._edit(wanted)
-                failures = 0 if self._shown == wanted else failures + 1
+                failures = 0 if await self._edit(wanted) else failures + 1
                 if failures:
-                    self._give_up_or_retry(wanted, failures)
+                    failures = await self._after_failure(wanted, failures)
             if wanted is not None and not wanted[1] and wanted == self._shown:
-                return
+                return  # the final state is shown
             await asyncio.sleep(self._interval * (1 + failures))
 
-    def _give_up_or_retry(self, wanted: tuple[str, bool], failures: int) -> None:
-        """A failed edit is tried again; after a few failures that text is dropped (a newer one may work)."""
-        if failures >= EDIT_ATTEMPTS:
-            log.warning("giving up showing a status of job %s after %d failed edits", self._job.id, failures)
-            self._shown = wanted
-        else:
+    async def _after_failure(self, wanted: Wanted, failures: int) -> int:
+        """Try a failed text again; after a few failures post it as a new message, else drop it."""
+        if failures < EDIT_ATTEMPTS:
             self._wake.set()
+            return failures
+        final = not wanted[1]
+        if final and await self._move_to_channel():
+            return 0
+        log.warning("giving up showing a status of job %s after %d failed edits", self._job.id, failures)
+        self._shown = wanted
+        return 0
 
     async def _sleep_until_needed(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -136,59 +169,52 @@ class StatusMessage:
         expires = self._target.expires_at
         return expires is not None and datetime.now(UTC) >= expires - TOKEN_MARGIN
 
-    async def _edit(self, wanted: tuple[str, bool]) -> None:
+    async def _edit(self, wanted: Wanted) -> bool:
         try:
             await self._put(self._target, wanted)
-        except discord.HTTPException as exc:
-            log.warning("editing the status of job %s failed: %s", self._job.id, exc)
-            if isinstance(self._target, InteractionTarget):
-                await self._move_to_channel()
-                return
-            if exc.status != 404:
-                return
-            self._target.message_id = None  # deleted: post a fresh status message next time
-            await self._repost(wanted)
-            return
+        except EDIT_ERRORS as exc:
+            log.warning("editing the status of job %s failed: %r", self._job.id, exc)
+            if isinstance(exc, discord.NotFound) and isinstance(self._target, ChannelTarget):
+                self._target.message_id = None  # deleted: the next try posts a fresh status message
+            return False
         self._shown = wanted
+        if isinstance(self._target, ChannelTarget) and self._target.message_id != self._job.status_message_id:
+            await self._report_move(self._target.message_id)
+        return True
 
-    async def _repost(self, wanted: tuple[str, bool]) -> None:
-        try:
-            await self._put(self._target, wanted)
-        except discord.HTTPException as exc:
-            log.warning("reposting the status of job %s failed: %s", self._job.id, exc)
-            return
-        self._shown = wanted
-        await self._remember_target()
-
-    async def _move_to_channel(self) -> None:
+    async def _move_to_channel(self) -> bool:
         """Post the status as a channel message and point the old interaction message at it."""
         old = self._target
         new = ChannelTarget(self._bot, self._job.channel_id, None)
         wanted = self._wanted or _wanted(self._job)
         try:
             await self._put(new, wanted)
-        except discord.HTTPException as exc:
-            log.warning("moving the status of job %s to the channel failed: %s", self._job.id, exc)
+        except EDIT_ERRORS as exc:
+            log.warning("moving the status of job %s to the channel failed: %r", self._job.id, exc)
             old.expires_at = None  # stop trying; later edits may still work through the old target
-            return
+            return False
         self._target, self._shown = new, wanted
-        await self._remember_target()
+        await self._report_move(new.message_id)
         link = job_link(self._job.guild_id, self._job.channel_id, new.message_id)
         try:
-            await old.edit(f"⏩ Still working; the status continues here: {link}", None)
-        except discord.HTTPException:
+            with using_locale(self._job.locale):
+                await old.edit(t("⏩ Still working; the status continues here: {link}", link=link), None)
+        except EDIT_ERRORS:
             log.info("could not point the old status of job %s at the new one", self._job.id)
+        return True
 
-    async def _put(self, target: StatusTarget, wanted: tuple[str, bool]) -> None:
-        """Show `wanted` (text, cancellable) on `target`, with the Cancel button while it is cancellable."""
+    async def _report_move(self, message_id: int | None) -> None:
+        if message_id is not None and self._on_moved is not None:
+            await self._on_moved(message_id)
+
+    async def _put(self, target: StatusTarget, wanted: Wanted) -> None:
         content, cancellable = wanted
-        await target.edit(content, status_view(self._job.id) if cancellable else None)
-
-    async def _remember_target(self) -> None:
-        self._job.touch(status_message_id=self._target.message_id)
-        await self._bot.store.save(self._job)
+        with using_locale(self._job.locale):
+            view = status_view(self._job.id) if cancellable else None
+        await target.edit(content, view)
 
 
-def _wanted(job: Job, *, submitting: bool = False) -> tuple[str, bool]:
+def _wanted(job: Job) -> Wanted:
     """What the status message should show: its text, and whether it still offers Cancel."""
-    return render_status(job, submitting=submitting), not job.state.finished
+    with using_locale(job.locale):
+        return render_status(job), not job.state.finished

@@ -1,20 +1,23 @@
-"""Buttons and modals. Buttons are `DynamicItem`s: their custom_id carries the job id, so they
-keep working after a restart; the state behind them is looked up in the store."""
+"""Buttons and modals. Buttons are `DynamicItem`s: their custom_id carries the job id, so they keep
+working after a restart (and in whichever process gets the click); the job behind them is in the store."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import Any, Protocol, Self, runtime_checkable
 
 import discord
+from discord.ext import commands
 
-if TYPE_CHECKING:
-    from cogs.kontext import Kontext
+from bot.i18n import t
 
 __all__ = (
+    "BUTTONS",
+    "RESULT_ACTIONS",
     "CancelButton",
     "EditAgainButton",
+    "JobButtonHandler",
     "PromptModal",
     "RerollButton",
     "UseAsInputButton",
@@ -23,18 +26,29 @@ __all__ = (
 )
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
+RESULT_ACTIONS = ("reroll", "edit", "use")  # the buttons under a result (the status message has "cancel")
+HANDLER_COG = "ResultButtons"
 Button = discord.ui.Button[discord.ui.View]
 
 
-def _cog(interaction: discord.Interaction[Any]) -> Kontext:
-    return cast("Kontext", interaction.client.get_cog("Kontext"))
+@runtime_checkable
+class JobButtonHandler(Protocol):
+    """What a job button hands its click to (the `ResultButtons` cog)."""
+
+    async def job_button(self, interaction: discord.Interaction[Any], action: str, job_id: str) -> None: ...
+
+
+def button_handler(client: discord.Client) -> JobButtonHandler:
+    cog = client.get_cog(HANDLER_COG) if isinstance(client, commands.Bot) else None
+    if not isinstance(cog, JobButtonHandler):
+        raise RuntimeError(f"the {HANDLER_COG} cog is not loaded")
+    return cog
 
 
 class _JobButton(discord.ui.DynamicItem[Button], template=rf"kontext:[a-z]+:{JOB_ID}"):
-    """A button bound to one job; subclasses name the action and what it does."""
+    """A button bound to one job; subclasses name the action and how it looks."""
 
     action: str
-    label: str
     emoji: str
     style = discord.ButtonStyle.secondary
 
@@ -42,9 +56,13 @@ class _JobButton(discord.ui.DynamicItem[Button], template=rf"kontext:[a-z]+:{JOB
         self.job_id = job_id
         super().__init__(
             discord.ui.Button(
-                label=self.label, emoji=self.emoji, style=self.style, custom_id=f"kontext:{self.action}:{job_id}"
+                label=self.label(), emoji=self.emoji, style=self.style, custom_id=f"kontext:{self.action}:{job_id}"
             )
         )
+
+    @staticmethod
+    def label() -> str:
+        raise NotImplementedError
 
     @classmethod
     async def from_custom_id(
@@ -52,33 +70,43 @@ class _JobButton(discord.ui.DynamicItem[Button], template=rf"kontext:[a-z]+:{JOB
     ) -> Self:
         return cls(match["job_id"])
 
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await button_handler(interaction.client).job_button(interaction, self.action, self.job_id)
+
 
 class CancelButton(_JobButton, template=rf"kontext:cancel:{JOB_ID}"):
-    action, label, emoji, style = "cancel", "Cancel", "✖️", discord.ButtonStyle.danger
+    action, emoji, style = "cancel", "✖️", discord.ButtonStyle.danger
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _cog(interaction).cancel_pressed(interaction, self.job_id)
+    @staticmethod
+    def label() -> str:
+        return t("Cancel")
 
 
 class RerollButton(_JobButton, template=rf"kontext:reroll:{JOB_ID}"):
-    action, label, emoji = "reroll", "Reroll", "🎲"
+    action, emoji = "reroll", "🎲"
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _cog(interaction).reroll_pressed(interaction, self.job_id)
+    @staticmethod
+    def label() -> str:
+        return t("Reroll")
 
 
 class EditAgainButton(_JobButton, template=rf"kontext:edit:{JOB_ID}"):
-    action, label, emoji = "edit", "Edit again", "✏️"
+    action, emoji = "edit", "✏️"
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _cog(interaction).edit_again_pressed(interaction, self.job_id)
+    @staticmethod
+    def label() -> str:
+        return t("Edit again")
 
 
 class UseAsInputButton(_JobButton, template=rf"kontext:use:{JOB_ID}"):
-    action, label, emoji = "use", "Use as input", "📌"
+    action, emoji = "use", "📌"
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _cog(interaction).use_as_input_pressed(interaction, self.job_id)
+    @staticmethod
+    def label() -> str:
+        return t("Use as input")
+
+
+BUTTONS = (CancelButton, RerollButton, EditAgainButton, UseAsInputButton)
 
 
 def status_view(job_id: str) -> discord.ui.View:
@@ -105,19 +133,19 @@ class PromptModal(discord.ui.Modal):
         super().__init__(title=title[:45], timeout=600)
         self._on_values = on_values
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph,
-            default=default_prompt[:max_length] or None,
-            max_length=min(max_length, 4000), placeholder="What should change? e.g. put the cat from image 2 on a sofa",
+            label=t("Prompt"), custom_id="prompt", style=discord.TextStyle.paragraph,
+            default=default_prompt[:max_length] or None, max_length=min(max_length, 4000),
+            placeholder=t("What should change? e.g. put the cat from image 2 on a sofa"),
         )  # fmt: skip
         self.num_images: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="Number of results (1-4)", custom_id="num_images", default="1", max_length=1, required=False
+            label=t("Number of results (1-4)"), custom_id="num_images", default="1", max_length=1, required=False
         )
         self.add_item(self.prompt)
         self.add_item(self.num_images)
         self.which: discord.ui.TextInput[PromptModal] | None = None
         if image_count > 1:
-            self.which = discord.ui.TextInput(label=f"Which result to edit (1-{image_count})", custom_id="which",
-                                              default="1", max_length=1, required=False)  # fmt: skip
+            self.which = discord.ui.TextInput(label=t("Which result to edit (1-{count})", count=image_count),
+                                              custom_id="which", default="1", max_length=1, required=False)  # fmt: skip
             self.add_item(self.which)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:

@@ -31,6 +31,7 @@ def bot_environment(discord: FakeDiscord, fal: FakeFal, database: Path, **extra:
         "POLL_INTERVAL_SECONDS": "0.05",
         "STATUS_EDIT_INTERVAL_SECONDS": "0.05",
         "COOLDOWN_SECONDS": "0",
+        "RETRY_BASE_SECONDS": "0.05",
         "LOG_LEVEL": "INFO",
     }
     env.update(extra)

@@ -39,6 +39,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "submit_timeout_seconds": 5.0,
             "status_edit_interval_seconds": 0.05,
             "cooldown_seconds": 0.0,
+            "retry_base_seconds": 0.05,
             "database_path": tmp_path / "kontext.sqlite3",
         }
         values.update(overrides)

@@ -99,10 +99,8 @@ class Harness:
         return [_payload(r)["content"] for r in self.discord.requests if _touches(r, key) and "content" in _payload(r)]
 
     def ephemeral_replies(self) -> list[str]:
-        return [
-            r.json["data"]["content"] for r in self.discord.callbacks()
-            if r.json and r.json.get("type") == 4 and r.json["data"].get("flags", 0) & 64
-        ]  # fmt: skip
+        """Texts only the user saw: ephemeral interaction responses and ephemeral followups, in order."""
+        return [_payload(r)["content"] for r in self.discord.requests if _is_ephemeral_reply(r)]
 
 
 def _payload(rec: Recorded) -> Json:
@@ -111,6 +109,14 @@ def _payload(rec: Recorded) -> Json:
         data: Json = body["data"]  # an interaction callback
         return data
     return body if isinstance(body, dict) else {}
+
+
+def _is_ephemeral_reply(rec: Recorded) -> bool:
+    if rec.method != "POST" or not isinstance(rec.json, dict) or rec.status >= 300:
+        return False
+    body = _payload(rec)
+    is_reply = (rec.path.endswith("/callback") and rec.json.get("type") == 4) or rec.path.startswith("/webhooks/")
+    return is_reply and bool(body.get("flags", 0) & 64) and "content" in body
 
 
 def _touches(rec: Recorded, key: str | int) -> bool:

@@ -310,7 +310,7 @@ def test_replaying_the_dockerfile_builds_a_working_bot(instructions: list[Instru
 
     assert replay.checked_dependency_layer
     assert {command.split()[0] for command in replay.skipped} == {"useradd", "mkdir", "chown"}  # as documented
-    assert (replay.workdir / "bot" / "__main__.py").is_file() and (replay.workdir / "cogs" / "kontext.py").is_file()
+    assert (replay.workdir / "bot" / "__main__.py").is_file() and (replay.workdir / "cogs" / "launch.py").is_file()
     assert not (replay.workdir / ".env").exists() and not (replay.workdir / "tests").exists()
 
     [cmd] = of(instructions, "CMD")

@@ -52,6 +52,7 @@ async def test_images_go_from_the_slash_command_to_files_in_a_thread(harness: Ha
     thread = harness.discord.threads[int(original["id"])]  # the thread hangs on the status message
     assert thread["name"] == "Kontext: put them together"
     [upload] = uploads(harness)
+    assert job.request_id is not None
     fake_job = harness.fal.jobs[job.request_id]
     served = [image.data for image in [await harness.bot.fal.download(i.url) for i in job.result.images]]  # type: ignore[union-attr]
     assert [f.data for f in upload.files] == served and len(served) == count == fake_job.num_images
@@ -71,9 +72,9 @@ async def test_queue_positions_show_up_as_edits_of_one_status_message(harness: H
     lines = [text.splitlines()[-1] for text in harness.status_texts(payload["token"])]
     assert [line.split(" · ")[0] for line in lines] == [
         "⏳ Sending to the image service…",
-        "🕒 In the queue: 3 job(s) ahead",
-        "🕒 In the queue: 2 job(s) ahead",
-        "🕒 In the queue: 1 job(s) ahead",
+        "🕒 In the queue: 3 jobs ahead",
+        "🕒 In the queue: 2 jobs ahead",
+        "🕒 In the queue: 1 job ahead",
         "🎨 Generating",
         "✅ Done",
     ]
@@ -88,13 +89,13 @@ async def test_status_is_never_edited_when_its_text_did_not_change(harness: Harn
 
     texts = harness.status_texts(payload["token"])
     assert all(a != b for a, b in itertools.pairwise(texts))
-    assert sum("1 job(s) ahead" in t for t in texts) == 1
+    assert sum("1 job ahead" in t for t in texts) == 1
 
 
 async def test_owner_cancels_a_queued_job_and_nothing_is_posted(harness: Harness):
     harness.fal.add_script(JobScript(queue_positions=(4,), hold=True))
     payload = await harness.kontext()
-    await harness.discord.wait_until(lambda: any("4 job(s) ahead" in t for t in harness.status_texts(payload["token"])))
+    await harness.discord.wait_until(lambda: any("4 jobs ahead" in t for t in harness.status_texts(payload["token"])))
     original = _original(harness, payload)
     [cancel_id] = custom_ids(original)
 
@@ -111,7 +112,7 @@ async def test_owner_cancels_a_queued_job_and_nothing_is_posted(harness: Harness
 async def test_only_the_owner_or_a_moderator_may_cancel(harness: Harness):
     harness.fal.add_script(JobScript(queue_positions=(2,), hold=True))
     payload = await harness.kontext()
-    await harness.discord.wait_until(lambda: any("2 job(s)" in t for t in harness.status_texts(payload["token"])))
+    await harness.discord.wait_until(lambda: any("2 jobs ahead" in t for t in harness.status_texts(payload["token"])))
     original = _original(harness, payload)
     [cancel_id] = custom_ids(original)
 
@@ -133,14 +134,14 @@ BAD_INPUTS = [
     pytest.param({"kind": "image/gif"}, "not a supported image", id="gif"),
     pytest.param({"size": 11 * 1024 * 1024}, "limit is 10.0 MiB", id="image-too-large"),
     pytest.param({"size": 0}, "is empty", id="empty-image"),
-    pytest.param({"guidance_scale": 25.0}, "guidance_scale must be 1 to 20", id="guidance-high"),
-    pytest.param({"guidance_scale": 0.5}, "guidance_scale must be 1 to 20", id="guidance-low"),
-    pytest.param({"num_images": 5}, "num_images must be 1 to 4", id="too-many-results"),
-    pytest.param({"num_images": 0}, "num_images must be 1 to 4", id="zero-results"),
-    pytest.param({"output_format": "gif"}, "output_format must be jpeg or png", id="bad-format"),
-    pytest.param({"safety_tolerance": "9"}, "safety_tolerance must be 1 to 6", id="bad-tolerance"),
-    pytest.param({"aspect_ratio": "5:1"}, "aspect_ratio is not supported", id="bad-aspect"),
-    pytest.param({"seed": -1}, "seed must be 0 to", id="negative-seed"),
+    pytest.param({"guidance_scale": 25.0}, "guidance_scale must be from 1 to 20", id="guidance-high"),
+    pytest.param({"guidance_scale": 0.5}, "guidance_scale must be from 1 to 20", id="guidance-low"),
+    pytest.param({"num_images": 5}, "num_images must be from 1 to 4", id="too-many-results"),
+    pytest.param({"num_images": 0}, "num_images must be from 1 to 4", id="zero-results"),
+    pytest.param({"output_format": "gif"}, "output_format must be one of jpeg, png", id="bad-format"),
+    pytest.param({"safety_tolerance": "9"}, "safety_tolerance must be one of 1, 2, 3, 4, 5, 6", id="bad-tolerance"),
+    pytest.param({"aspect_ratio": "5:1"}, "aspect_ratio must be one of", id="bad-aspect"),
+    pytest.param({"seed": -1}, "seed must be from 0 to", id="negative-seed"),
 ]
 
 
@@ -201,7 +202,10 @@ async def test_fal_refusing_the_submit_ends_with_a_plain_message(harness: Harnes
 
     assert expected in final
     assert harness.fal.count("submit") == 1 and harness.fal.jobs == {}
-    assert await harness.finish_jobs() == []  # nothing was accepted, nothing is owed
+    [job] = await harness.finish_jobs()
+    assert job.state is JobState.FAILED and job.request_id is None  # nothing was accepted, nothing is owed
+    usage = await harness.store.usage_snapshot(job.user_id, job.guild_id, job.created_at)
+    assert (usage.active_jobs, usage.user_images) == (0, 0)
 
 
 async def test_a_discord_429_on_an_edit_is_waited_out_and_the_job_delivered(harness: Harness):
@@ -253,7 +257,7 @@ async def test_flagged_images_are_withheld_in_a_normal_channel(harness: Harness)
 
     [upload] = uploads(harness)
     assert len(upload.files) == 1 and not upload.files[0].filename.startswith("SPOILER_")
-    assert "1 image(s) withheld" in upload.json["content"]
+    assert "1 image withheld" in upload.json["content"]
 
 
 async def test_flagged_images_are_spoilered_in_an_nsfw_channel(harness: Harness):

@@ -58,10 +58,12 @@ async def test_context_menu_uses_the_message_images_and_asks_for_a_prompt(harnes
 
 async def test_context_menu_counts_images_of_the_replied_to_message_and_embeds(harness: Harness):
     original = harness.discord.add_message(harness.discord.channel_id, attachments=[harness.image("orig.png")])
-    embed_url = f"{harness.discord.base_url}/cdn/external/photo.jpg"
+    link = "https://example.com/photo.jpg"  # the link as the user posted it; Discord's proxy already fetched it
+    proxied = f"{harness.discord.base_url}/cdn/external/photo.jpg"
+    thumbnail = {"url": link, "proxy_url": proxied, "width": 8, "height": 8}
     reply = harness.discord.add_message(
         harness.discord.channel_id, content="combine", referenced_message_id=int(original["id"]),
-        embeds=[{"type": "image", "url": embed_url, "thumbnail": {"url": embed_url, "width": 8, "height": 8}}],
+        embeds=[{"type": "image", "url": link, "thumbnail": thumbnail}],
     )  # fmt: skip
 
     await harness.discord.interact(harness.discord.message_command("Edit with Kontext", reply))
@@ -69,7 +71,7 @@ async def test_context_menu_counts_images_of_the_replied_to_message_and_embeds(h
     await harness.discord.interact(harness.discord.modal_submit(harness.discord.modal_custom_id(), {"prompt": "mix"}))
     await harness.discord.wait_until(lambda: bool(submits(harness)))
 
-    assert submits(harness)[0]["image_urls"] == [embed_url, original["attachments"][0]["url"]]
+    assert submits(harness)[0]["image_urls"] == [proxied, original["attachments"][0]["url"]]
 
 
 async def test_context_menu_on_a_message_without_images_says_so(harness: Harness):
@@ -187,7 +189,7 @@ async def test_concurrency_limit_refuses_a_second_running_job(start_bot: StartBo
         await harness.kontext("another")
         await harness.discord.wait_until(lambda: bool(harness.ephemeral_replies()))
 
-        assert "already have 1 job(s) running" in harness.ephemeral_replies()[0]
+        assert "already have 1 job running" in harness.ephemeral_replies()[0]
         assert len(submits(harness)) == 1
         harness.fal.release(next(iter(harness.fal.jobs)))
         await harness.finish_jobs()
@@ -250,7 +252,7 @@ async def test_a_double_click_is_refused_at_once_even_while_the_first_submit_is_
         await harness.kontext("again")
         await harness.discord.wait_until(lambda: bool(harness.ephemeral_replies()), timeout=1.0)
 
-        assert "already have 1 job(s) running" in harness.ephemeral_replies()[0]
+        assert "already have 1 job running" in harness.ephemeral_replies()[0]
         assert "✅ Done" in await harness.final_status(first["token"])
         assert len(submits(harness)) == 1
         assert all(r.status == 200 for r in harness.discord.callbacks())  # both answered within the deadline
@@ -260,8 +262,7 @@ async def test_reroll_refreshes_input_links_that_discord_has_expired(harness: Ha
     message = await delivered_job(harness)
     [job] = await harness.finish_jobs()
     stale = job.request.image_urls[0].split("?")[0] + "?ex=00000001&is=00000000&hm=abc"  # signed, long expired
-    job.touch(request=job.request.model_copy(update={"image_urls": (stale,)}))
-    await harness.store.save(job)
+    await harness.store.save(job.update(request=job.request.model_copy(update={"image_urls": (stale,)})))
 
     press = harness.discord.button(button(message, "reroll"), message)
     await harness.discord.interact(press)

@@ -431,7 +431,7 @@ def test_backoff_delay_retry_after(retry_after: float | None, low: float, high: 
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (FalTimeout("late"), "did not finish in time"),
+        (FalTimeout("late"), "did not answer in time"),
         (FalSubmitUnconfirmed("no answer"), "It was not sent again"),
         (FalAuthError(401, UNAUTHORIZED["detail"]), "key was refused"),
         (FalAuthError(403, ADMIN_LOCK["detail"]), "key was refused"),

@@ -133,12 +133,14 @@ async def delivered(harness: Harness, key: str | int) -> Job:
 
 
 async def failed_after_payment(harness: Harness, key: str | int, expected: str) -> Job:
-    """A paid job whose output was unusable: a clear final status, nothing posted, FAILED in the store."""
+    """A paid job whose output was unusable: a clear final status, nothing posted, UNDELIVERABLE in the store
+    (generated, so it counts against the limits)."""
+    harness.errors.allowed.append("its result cannot be read")  # logged for the operator: fal billed it
     final = await harness.final_status(key)
-    assert final.splitlines()[-1].startswith("❌ "), final
+    assert any(line.startswith("❌ ") for line in final.splitlines()), final
     assert expected in final
     [job] = await stored_jobs(harness)
-    assert job.state is JobState.FAILED and job.error is not None and expected in job.error
+    assert job.state is JobState.UNDELIVERABLE and job.error is not None and expected in job.error
     assert harness.fal.count("submit") == 1 and len(harness.fal.jobs) == 1
     assert uploads(harness) == [] and result_messages(harness) == []
     assert_never_pings(harness)
@@ -218,13 +220,13 @@ SLASH_BAD_INPUTS = [
     pytest.param("x" * 4000, OK, {}, "The prompt is 4000 characters long; the limit is 1500.", id="prompt-4000"),
     pytest.param(" " * 50 + "x" * 1501, OK, {}, "1501 characters long", id="long-prompt-counted-after-strip"),
     # Options outside what the endpoint takes (Discord enforces most of them; a forged payload does not).
-    pytest.param("edit", OK, {"seed": 2**32}, "seed must be 0 to 4294967295.", id="seed-2-pow-32"),
-    pytest.param("edit", OK, {"num_images": -3}, "num_images must be 1 to 4.", id="negative-num-images"),
-    pytest.param("edit", OK, {"guidance_scale": 20.5}, "guidance_scale must be 1 to 20.", id="guidance-20.5"),
-    pytest.param("edit", OK, {"output_format": "PNG"}, "output_format must be jpeg or png.", id="format-upper"),
-    pytest.param("edit", OK, {"output_format": "webp"}, "output_format must be jpeg or png.", id="format-webp"),
-    pytest.param("edit", OK, {"safety_tolerance": "0"}, "safety_tolerance must be 1 to 6.", id="tolerance-0"),
-    pytest.param("edit", OK, {"aspect_ratio": "16:10"}, "aspect_ratio is not supported.", id="aspect-16-10"),
+    pytest.param("edit", OK, {"seed": 2**32}, "seed must be from 0 to 4294967295.", id="seed-2-pow-32"),
+    pytest.param("edit", OK, {"num_images": -3}, "num_images must be from 1 to 4.", id="negative-num-images"),
+    pytest.param("edit", OK, {"guidance_scale": 20.5}, "guidance_scale must be from 1 to 20.", id="guidance-20.5"),
+    pytest.param("edit", OK, {"output_format": "PNG"}, "output_format must be one of jpeg, png.", id="format-upper"),
+    pytest.param("edit", OK, {"output_format": "webp"}, "output_format must be one of jpeg, png.", id="format-webp"),
+    pytest.param("edit", OK, {"safety_tolerance": "0"}, "safety_tolerance must be one of 1, 2,", id="tolerance-0"),
+    pytest.param("edit", OK, {"aspect_ratio": "16:10"}, "aspect_ratio must be one of 21:9", id="aspect-16-10"),
     # Mention injection in the refused input itself: the answer (which echoes file names) must not ping.
     pytest.param("@everyone @here <@&1000000000000000030> " + "x" * 1500, OK, {}, "the limit is 1500",
                  id="pinging-oversized-prompt"),
@@ -474,12 +476,22 @@ async def test_malformed_result_json_fails_the_job_with_a_clear_message(harness:
     assert harness.fal.count("file") == 0
 
 
-async def test_a_result_that_is_not_json_fails_the_job(harness: Harness):
+async def test_a_result_that_is_not_json_once_is_read_again(harness: Harness):
     harness.fal.fail_next("result", 200, b"<html><body>502 Bad Gateway</body></html>")
 
     payload = await harness.kontext()
 
+    await delivered(harness, payload["token"])
+    assert harness.fal.count("result") == 2
+
+
+async def test_a_result_that_is_never_json_ends_the_job_with_its_links_kept(harness: Harness):
+    harness.fal.fail_next("result", 200, b"<html><body>502 Bad Gateway</body></html>", times=10)
+
+    payload = await harness.kontext()
+
     await failed_after_payment(harness, payload["token"], f"{UNEXPECTED} (answer is not JSON (HTTP 200))")
+    assert harness.fal.count("result") == 4  # read a few times, then given up: fal keeps it for an admin
 
 
 async def test_a_result_without_images_fails_the_job(harness: Harness):
@@ -608,7 +620,8 @@ async def test_fal_422_on_submit_with_a_detail_list(harness: Harness, detail: li
 
     assert expected in final
     assert harness.fal.count("submit") == 1 and harness.fal.jobs == {}  # refused: not resent, nothing to pay
-    assert await stored_jobs(harness) == []
+    [job] = await stored_jobs(harness)
+    assert job.state is JobState.FAILED and job.request_id is None
     assert assert_never_pings(harness) >= 2
 
 
@@ -734,7 +747,7 @@ def quick_reidentify(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_gateway_reconnect_while_the_job_is_queued(harness: Harness, quick_reidentify: None, resumable: bool):
     harness.fal.add_script(JobScript(queue_positions=(1,), hold=True))
     payload = await harness.kontext()
-    await harness.discord.wait_until(lambda: any("1 job(s)" in t for t in harness.status_texts(payload["token"])))
+    await harness.discord.wait_until(lambda: any("1 job ahead" in t for t in harness.status_texts(payload["token"])))
 
     await harness.discord.drop_gateway(resumable=resumable)
     harness.fal.release(next(iter(harness.fal.jobs)))

@@ -63,7 +63,7 @@ async def test_killed_while_queued_the_job_is_resumed_and_delivered_once(
     first = bot_processes()
     await first.start()
     payload = await run_kontext(fake_discord)
-    await fake_discord.wait_for_message(lambda m: "2 job(s) ahead" in m["content"], timeout=10)
+    await fake_discord.wait_for_message(lambda m: "2 jobs ahead" in m["content"], timeout=10)
 
     await first.kill()
     fake_fal.release(next(iter(fake_fal.jobs)))  # fal finishes the job while the bot is down
@@ -97,7 +97,7 @@ async def test_killed_mid_delivery_the_results_are_not_posted_twice(
     assert fake_fal.count("submit") == 1
     [job] = await stored_jobs(tmp_path / "kontext.sqlite3")
     assert job.state is JobState.DELIVERED
-    assert any("already delivered" in line for line in second.lines)
+    assert any("was already posted" in line for line in second.lines)
 
 
 async def test_sigterm_stops_cleanly_and_the_next_start_finishes_the_job(
@@ -107,7 +107,7 @@ async def test_sigterm_stops_cleanly_and_the_next_start_finishes_the_job(
     first = bot_processes()
     await first.start()
     await run_kontext(fake_discord)
-    await fake_discord.wait_for_message(lambda m: "1 job(s) ahead" in m["content"], timeout=10)
+    await fake_discord.wait_for_message(lambda m: "1 job ahead" in m["content"], timeout=10)
 
     assert await first.terminate() == 0
     fake_fal.release(next(iter(fake_fal.jobs)))

@@ -1,44 +1,96 @@
-"""SQLite store and the quotas counted from it (real files in tmp_path)."""
+"""The job store on a real database file: round trips, the ledger the limits count, atomic admission,
+schema versions."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from bot.fal import KontextInput, KontextOutput, OutputImage
 from bot.jobs import Job, JobState
-from bot.quota import Quotas, day_start
-from bot.store import SqliteJobStore
-from tests.conftest import SettingsFactory
+from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide
+from bot.store import SCHEMA_VERSION, SqliteJobStore, StoreError
 
 NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+LIMITS = Limits(max_concurrent=2, daily_user_images=20, daily_guild_images=200, cooldown=timedelta(0))
+
+# The layout the first release wrote (schema version 1), kept here to test the migration from it.
+SCHEMA_V1 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, source TEXT NOT NULL, user_id INTEGER NOT NULL, guild_id INTEGER,
+    channel_id INTEGER NOT NULL, request_json TEXT NOT NULL, num_images INTEGER NOT NULL, request_id TEXT NOT NULL,
+    status_url TEXT NOT NULL, response_url TEXT NOT NULL, cancel_url TEXT NOT NULL, queue_position INTEGER,
+    origin_message_id INTEGER, status_message_id INTEGER, thread_id INTEGER, result_json TEXT, error TEXT,
+    cost_usd TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0, delivery_started INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE INDEX jobs_unfinished ON jobs (state) WHERE state NOT IN ('delivered', 'failed', 'cancelled');
+CREATE TABLE pinned_inputs (user_id INTEGER PRIMARY KEY, url TEXT NOT NULL, content_type TEXT NOT NULL,
+    pinned_at TEXT NOT NULL);
+PRAGMA user_version = 1;
+"""
 
 
-def make_job(user_id: int = 1, *, guild_id: int = 10, images: int = 1, state: JobState = JobState.QUEUED,
+def make_job(user_id: int = 1, *, guild_id: int | None = 10, images: int = 1, state: JobState = JobState.QUEUED,
              created_at: datetime = NOW) -> Job:  # fmt: skip
     request = KontextInput(prompt="p", image_urls=("https://x/a.png",), num_images=images)
     return Job(request=request, user_id=user_id, channel_id=5, guild_id=guild_id, source="slash", state=state,
                request_id=f"req-{user_id}", created_at=created_at, cost_usd=Decimal("0.08") * images)  # fmt: skip
 
 
+def verdict(job: Job, limits: Limits = LIMITS):
+    def decide_for(usage: UsageSnapshot):
+        return decide(usage, limits, job.num_images, job.created_at, in_guild=job.guild_id is not None)
+
+    return decide_for
+
+
+def write_v1_database(path: Path, rows: list[dict[str, object]]) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_V1)
+        for row in rows:
+            db.execute(
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",  # noqa: S608  # test data
+                list(row.values()),
+            )
+
+
+def v1_row(job_id: str, state: str, **changes: object) -> dict[str, object]:
+    request = KontextInput(prompt="old", image_urls=("https://x/a.png",), num_images=2)
+    row: dict[str, object] = {
+        "id": job_id, "state": state, "source": "slash", "user_id": 7, "guild_id": 10, "channel_id": 5,
+        "request_json": request.model_dump_json(), "num_images": 2, "request_id": f"req-{job_id}",
+        "status_url": "https://old.example/fal-ai/flux-pro/requests/x/status", "response_url": "https://old.example/r",
+        "cancel_url": "https://old.example/c", "cost_usd": "0.16", "delivery_started": 0,
+        "created_at": NOW.isoformat(), "updated_at": NOW.isoformat(),
+    }  # fmt: skip
+    row.update(changes)
+    return row
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
 async def test_a_job_survives_a_round_trip(store: SqliteJobStore):
-    job = make_job(images=2)
-    job.touch(
-        state=JobState.SUCCEEDED, thread_id=77, delivery_started=True, queue_position=None,
-        result=KontextOutput(images=(OutputImage(url="https://v3.fal.media/a.png", width=8, height=8),), seed=42,
-                             has_nsfw_concepts=(True,)),
+    result = KontextOutput(images=(OutputImage(url="https://v3.fal.media/a.png", width=8, height=8),), seed=42,
+                           has_nsfw_concepts=(True,))  # fmt: skip
+    job = make_job(images=2, state=JobState.RUNNING).advance(
+        JobState.SUCCEEDED, thread_id=77, result=result, result_message_ids=(11, 12), delivery_attempts=2,
+        locale="zh-CN",
     )  # fmt: skip
     await store.save(job)
 
-    loaded = await store.get(job.id)
-
-    assert loaded == job
+    assert await store.get(job.id) == job
 
 
 async def test_unfinished_lists_only_jobs_still_owed_to_the_user(store: SqliteJobStore):
-    owed = [make_job(state=state) for state in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)]
-    done = [make_job(state=state) for state in (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)]
+    owed = [make_job(state=s) for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)]
+    done = [make_job(state=s) for s in JobState if s.finished]
     for job in owed + done:
         await store.save(job)
 
@@ -54,35 +106,15 @@ async def test_store_file_is_created_on_first_run_and_reopens(tmp_path: Path):
         assert (await second.get(job.id)) == job
 
 
-async def test_quotas_count_running_and_delivered_images_but_not_failed(
-    store: SqliteJobStore, make_settings: SettingsFactory
-):
-    quotas = Quotas(store, make_settings(daily_images_per_user=5, daily_images_per_guild=100,
-                                         max_concurrent_jobs_per_user=10))  # fmt: skip
-    for state, images in ((JobState.DELIVERED, 2), (JobState.RUNNING, 1), (JobState.FAILED, 4)):
-        await store.save(make_job(images=images, state=state))
-    await store.save(make_job(images=4, state=JobState.DELIVERED, created_at=NOW - timedelta(days=1)))
+async def test_a_cancel_asked_elsewhere_survives_a_save_of_an_older_copy(store: SqliteJobStore):
+    job = make_job()
+    await store.save(job)
 
-    assert await quotas.check(user_id=1, guild_id=10, images=2, now=NOW) is None
-    denial = await quotas.check(user_id=1, guild_id=10, images=3, now=NOW)
+    await store.request_cancel(job.id)  # e.g. another process handled the click
+    await store.save(job.update(queue_position=3))  # the owner saves its copy, which never saw the cancel
 
-    assert denial is not None and "3 of 5" in denial.reason
-    assert denial.retry_at == day_start(NOW) + timedelta(days=1)
-
-
-async def test_concurrency_cooldown_and_guild_limits(store: SqliteJobStore, make_settings: SettingsFactory):
-    quotas = Quotas(store, make_settings(max_concurrent_jobs_per_user=1, cooldown_seconds=30,
-                                         daily_images_per_guild=2))  # fmt: skip
-    await store.save(make_job(user_id=1, state=JobState.RUNNING, created_at=NOW - timedelta(minutes=5)))
-    await store.save(make_job(user_id=2, state=JobState.DELIVERED, created_at=NOW - timedelta(seconds=10)))
-
-    busy = await quotas.check(user_id=1, guild_id=10, images=1, now=NOW)
-    cooling = await quotas.check(user_id=2, guild_id=99, images=1, now=NOW)
-    guild_full = await quotas.check(user_id=3, guild_id=10, images=1, now=NOW)
-
-    assert busy is not None and "already have 1 job" in busy.reason
-    assert cooling is not None and cooling.retry_at == NOW + timedelta(seconds=20)
-    assert guild_full is not None and "This server has used 2 of 2" in guild_full.reason
+    stored = await store.get(job.id)
+    assert stored is not None and stored.cancel_requested and stored.queue_position == 3
 
 
 async def test_pinned_input_expires_and_can_be_cleared(store: SqliteJobStore):
@@ -92,3 +124,137 @@ async def test_pinned_input_expires_and_can_be_cleared(store: SqliteJobStore):
     assert await store.pinned_input(1, NOW + timedelta(seconds=1)) is None
     await store.unpin_input(1)
     assert await store.pinned_input(1, NOW - timedelta(hours=1)) is None
+
+
+# --- the ledger the limits count -----------------------------------------------------------------
+
+
+async def test_usage_counts_what_fal_may_bill_and_what_still_runs(store: SqliteJobStore):
+    billed = {JobState.DELIVERED: 1, JobState.UNDELIVERABLE: 2, JobState.TIMED_OUT: 3, JobState.UNCONFIRMED: 4}
+    running = {JobState.PENDING: 2, JobState.RUNNING: 3}
+    for state, images in {**billed, **running}.items():
+        await store.save(make_job(images=images, state=state))
+    for state in (JobState.FAILED, JobState.CANCELLED):
+        await store.save(make_job(images=4, state=state))  # never billed
+    await store.save(make_job(images=4, state=JobState.DELIVERED, created_at=NOW - timedelta(days=1)))
+    await store.save(make_job(user_id=2, images=4, state=JobState.DELIVERED))
+
+    usage = await store.usage_snapshot(1, 10, NOW)
+
+    assert usage.active_jobs == 2
+    assert usage.user_images == 10 + 5
+    assert usage.guild_images == usage.user_images + 4
+    assert usage.last_created == NOW
+
+
+def test_decide_names_the_first_limit_and_when_it_lifts():
+    limits = Limits(max_concurrent=1, daily_user_images=5, daily_guild_images=8, cooldown=timedelta(seconds=30))
+    tomorrow = day_start(NOW) + timedelta(days=1)
+
+    def verdict_for(**usage: object):
+        snapshot = UsageSnapshot(**{"active_jobs": 0, "user_images": 0, "guild_images": 0, "last_created": None,
+                                    **usage})  # type: ignore[arg-type]  # fmt: skip
+        return decide(snapshot, limits, 2, NOW, in_guild=True)
+
+    assert verdict_for() is None
+    busy = verdict_for(active_jobs=1)
+    cooling = verdict_for(last_created=NOW - timedelta(seconds=10))
+    mine = verdict_for(user_images=4)
+    server = verdict_for(guild_images=7)
+    assert busy is not None and busy.kind is DenialKind.CONCURRENCY and busy.retry_at is None
+    assert (
+        cooling is not None and cooling.kind is DenialKind.COOLDOWN and cooling.retry_at == NOW + timedelta(seconds=20)
+    )
+    assert mine is not None and (mine.kind, mine.used, mine.limit, mine.retry_at) == (
+        DenialKind.USER_DAILY,
+        4,
+        5,
+        tomorrow,
+    )
+    assert server is not None and server.kind is DenialKind.GUILD_DAILY
+    assert decide(UsageSnapshot(0, 0, 7, None), limits, 2, NOW, in_guild=False) is None  # DMs have no server limit
+
+
+# --- atomic admission ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rounds", [range(10)])
+async def test_simultaneous_admissions_never_overshoot_the_concurrency_limit(store: SqliteJobStore, rounds: range):
+    for round_number in rounds:
+        jobs = [make_job(user_id=100 + round_number, state=JobState.PENDING) for _ in range(20)]
+
+        verdicts = await asyncio.gather(*(store.admit(job, verdict(job)) for job in jobs))
+
+        admitted = [job for job, denial in zip(jobs, verdicts, strict=True) if denial is None]
+        assert len(admitted) == LIMITS.max_concurrent
+        assert {d.kind for d in verdicts if d is not None} == {DenialKind.CONCURRENCY}
+        assert (await store.usage_snapshot(100 + round_number, 10, NOW)).active_jobs == LIMITS.max_concurrent
+
+
+async def test_simultaneous_admissions_never_overshoot_a_daily_limit(store: SqliteJobStore):
+    limits = Limits(max_concurrent=10, daily_user_images=20, daily_guild_images=4, cooldown=timedelta(0))
+    jobs = [make_job(user_id=user, state=JobState.PENDING) for user in range(6)]  # six members of one server
+
+    verdicts = await asyncio.gather(*(store.admit(job, verdict(job, limits)) for job in jobs))
+
+    assert sum(denial is None for denial in verdicts) == 4
+    assert (await store.usage_snapshot(0, 10, NOW)).guild_images == 4
+
+
+async def test_two_stores_on_one_file_admit_atomically(tmp_path: Path):
+    """Two processes on one SQLite file: the transaction, not an in-process lock, keeps the limit."""
+    path = tmp_path / "shared.sqlite3"
+    async with SqliteJobStore(path) as one, SqliteJobStore(path) as two:
+        jobs = [make_job(user_id=5, state=JobState.PENDING) for _ in range(12)]
+        stores = [one, two] * 6
+
+        verdicts = await asyncio.gather(*(s.admit(job, verdict(job)) for s, job in zip(stores, jobs, strict=True)))
+
+        assert sum(denial is None for denial in verdicts) == LIMITS.max_concurrent
+
+
+async def test_a_refused_admission_stores_nothing(store: SqliteJobStore):
+    first, second = make_job(images=3, state=JobState.PENDING), make_job(images=3, state=JobState.PENDING)
+    limits = Limits(max_concurrent=5, daily_user_images=5, daily_guild_images=100, cooldown=timedelta(0))
+
+    assert await store.admit(first, verdict(first, limits)) is None
+    denial = await store.admit(second, verdict(second, limits))
+
+    assert denial is not None and denial.kind is DenialKind.USER_DAILY
+    assert await store.get(second.id) is None
+
+
+# --- schema versions ---------------------------------------------------------------------------------
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Path):
+    path = tmp_path / "old.sqlite3"
+    write_v1_database(path, [v1_row("a" * 32, "queued"), v1_row("b" * 32, "succeeded", delivery_started=1,
+                                                                    thread_id=99)])  # fmt: skip
+
+    async with SqliteJobStore(path) as store:
+        queued, delivering = await store.get("a" * 32), await store.get("b" * 32)
+        version = (await (await store.db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
+
+    assert version == SCHEMA_VERSION
+    assert queued is not None and queued.state is JobState.QUEUED and queued.request_id == f"req-{'a' * 32}"
+    assert queued.endpoint == "fal-ai/flux-pro/kontext/max/multi" and queued.num_images == 2
+    assert delivering is not None and delivering.delivery_attempts == 1 and delivering.thread_id == 99
+    assert delivering.result_message_ids == ()  # unknown: the delivery looks before it posts
+
+
+async def test_a_newer_database_is_refused_with_a_clear_message(tmp_path: Path):
+    path = tmp_path / "future.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+    with pytest.raises(StoreError, match=rf"future\.sqlite3: schema version {SCHEMA_VERSION + 1} is newer"):
+        await SqliteJobStore(path).open()
+
+
+async def test_a_file_that_is_not_a_database_is_refused_and_closed(tmp_path: Path):
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(bytes(range(256)) * 64)
+
+    with pytest.raises(StoreError, match=r"garbage\.sqlite3: file is not a database"):
+        await SqliteJobStore(path).open()

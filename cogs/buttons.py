@@ -1,0 +1,138 @@
+"""What the job buttons do: Cancel on the status message; Reroll, Edit again and Use as input under a
+result. The job behind a button is looked up by the id in its custom_id."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.fal import OutputImage
+from bot.i18n import t
+from bot.jobs import CancelOutcome, CancelResult, Job
+from bot.messages import describe_failure
+from cogs.inputs import NUM_IMAGES, SEED, ImageRef, JobOptions
+from cogs.launch import Draft, Launcher, launcher_of, take_back
+from cogs.refresh import refresh_discord_urls
+from cogs.replies import UserFacingError, replying, send_ephemeral
+from cogs.triggers import origin_of, parse_count
+from cogs.views import BUTTONS, HANDLER_COG, PromptModal
+
+if TYPE_CHECKING:
+    from bot.bot import KontextBot
+
+log = logging.getLogger(__name__)
+
+
+class ResultButtons(commands.Cog, name=HANDLER_COG):
+    def __init__(self, bot: KontextBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*BUTTONS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*BUTTONS)
+
+    @property
+    def launcher(self) -> Launcher:
+        return launcher_of(self.bot)
+
+    async def job_button(self, interaction: discord.Interaction[Any], action: str, job_id: str) -> None:
+        handlers = {"cancel": self._cancel, "reroll": self._reroll, "edit": self._edit_again, "use": self._use_as_input}
+        async with replying(interaction):
+            await handlers[action](interaction, job_id)
+
+    async def _job(self, job_id: str, *, need_result: bool = False) -> Job:
+        job = await self.bot.runner.lookup(job_id)
+        if job is None:
+            raise UserFacingError(t("I don't know this job any more."))
+        if need_result and (job.result is None or not job.result.images):
+            raise UserFacingError(t("This job has no result image to use."))
+        return job
+
+    # --- Cancel ---------------------------------------------------------------------------------
+
+    async def _cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await self._job(job_id)
+        if interaction.user.id != job.user_id and not interaction.permissions.manage_messages:
+            raise UserFacingError(t("Only <@{user}> or a moderator can cancel this job.", user=job.user_id))
+        result = await self.bot.runner.request_cancel(job_id)
+        await send_ephemeral(interaction, _cancel_text(result))
+
+    # --- Reroll ---------------------------------------------------------------------------------
+
+    async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """The same inputs and options with a new seed; answered first, since it needs the store."""
+        await interaction.response.defer(thinking=True)
+        try:
+            job = await self._job(job_id)
+            urls = await refresh_discord_urls(self.bot, job.request.image_urls)
+            request = job.request.model_copy(update={"image_urls": urls, "seed": random.randint(*SEED)})
+            await self.launcher.from_request(interaction, request, origin_of(interaction, "reroll"))
+        except UserFacingError as exc:
+            await take_back(interaction, str(exc))
+
+    # --- Edit again -----------------------------------------------------------------------------
+
+    async def _edit_again(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """A modal must be the first answer, so this reads the job first (from memory when it is recent)."""
+        job = await self._job(job_id, need_result=True)
+        assert job.result is not None  # noqa: S101  # checked by _job
+        on_values = functools.partial(self._edit_again_submitted, job=job)
+        modal = PromptModal(
+            t("Edit again"), on_values, default_prompt=job.request.prompt,
+            max_length=self.bot.settings.max_prompt_length, image_count=len(job.result.images),
+        )  # fmt: skip
+        await interaction.response.send_modal(modal)
+
+    async def _edit_again_submitted(
+        self, interaction: discord.Interaction[Any], values: dict[str, str], *, job: Job
+    ) -> None:
+        async with replying(interaction):
+            images = job.result.images if job.result else ()
+            which = parse_count(values.get("which", "1"), t("Which result"), len(images))
+            count = parse_count(values["num_images"], t("Number of results"), NUM_IMAGES[1])
+            options = JobOptions(num_images=count, output_format=job.request.output_format)
+            draft = Draft(values["prompt"], (_as_input(images[which - 1]),), options)
+            await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "edit_again"))
+
+    # --- Use as input ---------------------------------------------------------------------------
+
+    async def _use_as_input(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await self._job(job_id, need_result=True)
+        assert job.result is not None  # noqa: S101  # checked by _job
+        image = job.result.images[0]
+        await self.bot.store.pin_input(interaction.user.id, image.url, image.content_type, datetime.now(UTC))
+        await send_ephemeral(interaction, t(
+            "📌 Saved. Your next `/kontext` or *Edit with Kontext* starts from this image; add up to {more} more. "
+            "It is kept for 24 hours.", more=self.bot.settings.max_images - 1))  # fmt: skip
+
+
+def _as_input(image: OutputImage) -> ImageRef:
+    return ImageRef(image.url, "result", content_type=image.content_type)
+
+
+def _cancel_text(result: CancelResult) -> str:
+    match result.outcome:
+        case CancelOutcome.UNKNOWN:
+            return t("I don't know this job any more.")
+        case CancelOutcome.FINISHED:
+            return t("This job is already finished.")
+        case CancelOutcome.REQUESTED:
+            return t("Cancel requested. A job that already started may still finish; it will then be posted.")
+        case CancelOutcome.TOO_LATE:
+            return t("Too late: the job already finished.")
+        case CancelOutcome.FAILED:
+            return t("Could not cancel: {reason}", reason=describe_failure(result.error))
+
+
+async def setup(bot: KontextBot) -> None:
+    await bot.add_cog(ResultButtons(bot))

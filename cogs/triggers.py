@@ -1,0 +1,221 @@
+"""The three ways to start a job: /kontext, the "Edit with Kontext" message menu, and the reaction.
+Each one checks, extracts and hands over to the `Launcher`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.i18n import t, using_locale
+from bot.quota import decide
+from cogs.inputs import (
+    ASPECT_RATIOS,
+    GUIDANCE,
+    NUM_IMAGES,
+    OUTPUT_FORMATS,
+    SAFETY_LEVELS,
+    SEED,
+    ImageRef,
+    JobOptions,
+    build_request,
+    check_images,
+    images_of_message,
+)
+from cogs.launch import Draft, Launcher, Origin, launcher_of
+from cogs.render import denial_text
+from cogs.replies import UserFacingError, replying
+from cogs.status import EDIT_ERRORS
+from cogs.views import PromptModal
+
+if TYPE_CHECKING:
+    from bot.bot import KontextBot
+
+log = logging.getLogger(__name__)
+
+PROMPT_WAIT_SECONDS = 120
+NOTICE_SECONDS = 60
+Choice = app_commands.Choice
+
+
+def parse_count(value: str, what: str, upper: int) -> int:
+    try:
+        number = int(value.strip() or "1")
+    except ValueError:
+        number = 0
+    if not 1 <= number <= upper:
+        raise UserFacingError(t("{what} must be a number from 1 to {upper}.", what=what, upper=upper))
+    return number
+
+
+def origin_of(interaction: discord.Interaction[Any], source: str, message_id: int | None = None) -> Origin:
+    if interaction.channel_id is None:
+        raise UserFacingError(t("I can't work in this kind of channel."))
+    return Origin(interaction.user, interaction.channel_id, interaction.guild_id, source, message_id,
+                  str(interaction.locale))  # fmt: skip
+
+
+class Triggers(commands.Cog):
+    def __init__(self, bot: KontextBot) -> None:
+        self.bot = bot
+        self.edit_menu = app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext)
+        self._questions: set[tuple[int, int]] = set()  # (channel, member) with a question waiting for its answer
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.edit_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
+
+    @property
+    def launcher(self) -> Launcher:
+        return launcher_of(self.bot)
+
+    # --- /kontext ---------------------------------------------------------------------------------
+
+    @app_commands.command(name="kontext", description="Edit or combine up to 4 images with FLUX.1 Kontext [max]")
+    @app_commands.describe(
+        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1'",
+        image1="First image (PNG, JPEG or WebP)", image2="Second image", image3="Third image", image4="Fourth image",
+        guidance_scale="How closely to follow the prompt (1-20, default 3.5)", num_images="How many results (1-4)",
+        output_format="File format of the results", safety_tolerance="1 is strictest, 6 most permissive (default 2)",
+        aspect_ratio="Aspect ratio of the result", seed="Same seed + same inputs = same result",
+    )  # fmt: skip
+    @app_commands.choices(
+        output_format=[Choice(name=value.upper(), value=value) for value in OUTPUT_FORMATS],
+        safety_tolerance=[Choice(name=value, value=value) for value in SAFETY_LEVELS],
+        aspect_ratio=[Choice(name=value, value=value) for value in ASPECT_RATIOS],
+    )
+    async def kontext(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        image1: discord.Attachment | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
+        num_images: app_commands.Range[int, NUM_IMAGES[0], NUM_IMAGES[1]] = 1,
+        output_format: str = OUTPUT_FORMATS[0],
+        safety_tolerance: str | None = None,
+        aspect_ratio: str | None = None,
+        seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
+    ) -> None:
+        async with replying(interaction):
+            images = tuple(ImageRef.from_attachment(a) for a in (image1, image2, image3, image4) if a is not None)
+            options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
+            draft = Draft(prompt, images, options, use_pin=True)
+            await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "slash"))
+
+    # --- "Edit with Kontext" message menu -----------------------------------------------------------
+
+    async def edit_with_kontext(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        async with replying(interaction):
+            images = images_of_message(message)
+            if not images:
+                raise UserFacingError(t("That message has no images I can use (PNG, JPEG or WebP)."))
+            check_images(images, self.bot.settings)  # before the user types a prompt for nothing
+            self.launcher.check_access(interaction.user, interaction.guild_id)
+            on_values = functools.partial(self._menu_submitted, message_id=message.id, images=tuple(images))
+            modal = PromptModal(t("Edit with Kontext"), on_values, max_length=self.bot.settings.max_prompt_length)
+            await interaction.response.send_modal(modal)
+
+    async def _menu_submitted(
+        self, interaction: discord.Interaction[Any], values: dict[str, str], *, message_id: int,
+        images: tuple[ImageRef, ...],
+    ) -> None:  # fmt: skip
+        async with replying(interaction):
+            count = parse_count(values["num_images"], t("Number of results"), NUM_IMAGES[1])
+            draft = Draft(values["prompt"], images, JobOptions(num_images=count), use_pin=True)
+            await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "context_menu", message_id))
+
+    # --- reaction trigger -------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        member = payload.member
+        if str(payload.emoji) != self.bot.settings.trigger_emoji or member is None or member.bot:
+            return
+        try:
+            self.launcher.check_access(member, payload.guild_id)
+        except UserFacingError:
+            return  # outsiders get no answer at all
+        if (payload.channel_id, member.id) in self._questions:
+            return  # already asked; the answer will come
+        with using_locale(str(member.guild.preferred_locale)):
+            try:
+                await self._reaction_trigger(payload, member)
+            except EDIT_ERRORS:
+                log.exception("reaction trigger on message %s failed", payload.message_id)
+
+    async def _reaction_trigger(self, payload: discord.RawReactionActionEvent, member: discord.Member) -> None:
+        channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
+        message = await channel.fetch_message(payload.message_id)
+        images = images_of_message(message)
+        if not images:
+            return  # the emoji on a message without (visible) images is just an emoji
+        try:
+            await self._check_limits(member)
+            prompt = message.content.strip() or await self._ask_for_prompt(message, member)
+            if prompt is None:
+                return
+            request = build_request(prompt, images, JobOptions(), self.bot.settings)
+            origin = Origin(member, payload.channel_id, payload.guild_id, "reaction", message.id,
+                            str(member.guild.preferred_locale))  # fmt: skip
+            await self.launcher.from_message(request, origin)
+        except UserFacingError as exc:
+            await _notice(message, member, str(exc))
+
+    async def _check_limits(self, member: discord.Member) -> None:
+        """The limits before a question is asked (admission checks them again, atomically)."""
+        now = datetime.now(UTC)
+        usage = await self.bot.store.usage_snapshot(member.id, member.guild.id, now)
+        denial = decide(usage, self.launcher.limits, 1, now, in_guild=True)
+        if denial is not None:
+            raise UserFacingError(denial_text(denial))
+
+    async def _ask_for_prompt(self, message: discord.Message, member: discord.Member) -> str | None:
+        if not self.bot.settings.message_content_intent:
+            raise UserFacingError(t("I can't read messages here, so I can't take a prompt from the chat. Use the "
+                                    "message menu instead: **Apps → Edit with Kontext**."))  # fmt: skip
+        key = (message.channel.id, member.id)
+        self._questions.add(key)
+        try:
+            return await self._wait_for_prompt(message, member)
+        finally:
+            self._questions.discard(key)
+
+    async def _wait_for_prompt(self, message: discord.Message, member: discord.Member) -> str | None:
+        question = await message.reply(
+            t("{mention} what should I do with these images? Send your prompt in this channel within {minutes} "
+              "minutes.", mention=member.mention, minutes=PROMPT_WAIT_SECONDS // 60),
+            allowed_mentions=_only(member),
+        )  # fmt: skip
+
+        def is_answer(reply: discord.Message) -> bool:
+            return reply.author.id == member.id and reply.channel.id == message.channel.id and bool(reply.content)
+
+        try:
+            answer = await self.bot.wait_for("message", check=is_answer, timeout=PROMPT_WAIT_SECONDS)
+        except TimeoutError:
+            await question.edit(content=t("{mention} no prompt arrived; react again to retry.", mention=member.mention))
+            return None
+        return str(answer.content)
+
+
+async def _notice(message: discord.Message, member: discord.Member, text: str) -> None:
+    """A short-lived reply for a member who has no interaction to be answered ephemerally."""
+    await message.reply(f"{member.mention} {text}", allowed_mentions=_only(member), delete_after=NOTICE_SECONDS)
+
+
+def _only(member: discord.Member) -> discord.AllowedMentions:
+    return discord.AllowedMentions(everyone=False, roles=False, users=[member])
+
+
+async def setup(bot: KontextBot) -> None:
+    await bot.add_cog(Triggers(bot))
