@@ -64,7 +64,7 @@ class Triggers(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.edit_menu = app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext)
-        self._questions: set[tuple[int, int]] = set()  # (channel, member) with a question waiting for its answer
+        self._questions: set[tuple[int, int]] = set()  # (channel, member) whose reaction is being handled
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.edit_menu)
@@ -145,13 +145,17 @@ class Triggers(commands.Cog):
             self.launcher.check_access(member, payload.guild_id)
         except UserFacingError:
             return  # outsiders get no answer at all
-        if (payload.channel_id, member.id) in self._questions:
-            return  # already asked; the answer will come
-        with using_locale(str(member.guild.preferred_locale)):
-            try:
+        key = (payload.channel_id, member.id)
+        if key in self._questions:
+            return  # one reaction of theirs is being handled here (maybe asking); its answer would wake both
+        self._questions.add(key)
+        try:
+            with using_locale(str(member.guild.preferred_locale)):
                 await self._reaction_trigger(payload, member)
-            except EDIT_ERRORS:
-                log.exception("reaction trigger on message %s failed", payload.message_id)
+        except EDIT_ERRORS:
+            log.exception("reaction trigger on message %s failed", payload.message_id)
+        finally:
+            self._questions.discard(key)
 
     async def _reaction_trigger(self, payload: discord.RawReactionActionEvent, member: discord.Member) -> None:
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
@@ -183,12 +187,7 @@ class Triggers(commands.Cog):
         if not self.bot.settings.message_content_intent:
             raise UserFacingError(t("I can't read messages here, so I can't take a prompt from the chat. Use the "
                                     "message menu instead: **Apps → Edit with Kontext**."))  # fmt: skip
-        key = (message.channel.id, member.id)
-        self._questions.add(key)
-        try:
-            return await self._wait_for_prompt(message, member)
-        finally:
-            self._questions.discard(key)
+        return await self._wait_for_prompt(message, member)
 
     async def _wait_for_prompt(self, message: discord.Message, member: discord.Member) -> str | None:
         question = await message.reply(
