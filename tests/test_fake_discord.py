@@ -115,9 +115,16 @@ async def edit_with_tiny(interaction: discord.Interaction, message: discord.Mess
     await interaction.response.send_modal(PromptModal(message))
 
 
+def tiny_intents(*, message_content: bool = True) -> discord.Intents:
+    intents = discord.Intents.default()
+    intents.message_content = message_content
+    return intents
+
+
 class TinyBot(commands.Bot):
-    def __init__(self, guild_id: int) -> None:
-        super().__init__(command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.05)
+    def __init__(self, guild_id: int, *, message_content: bool = True) -> None:
+        intents = tiny_intents(message_content=message_content)
+        super().__init__(command_prefix="!", intents=intents, guild_ready_timeout=0.05)
         self.guild = discord.Object(guild_id)
         self.errors: list[Exception] = []
         self.resumed = asyncio.Event()
