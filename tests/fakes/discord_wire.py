@@ -11,7 +11,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -107,6 +107,25 @@ class Recorded:
     files: list[UploadedFile] = field(default_factory=list)
     status: int = 0
     time: float = 0.0
+
+
+@dataclass
+class Call:
+    """One routed REST request: its record, the path parameters, the headers."""
+
+    rec: Recorded
+    params: dict[str, str]
+    headers: Mapping[str, str]
+
+    @property
+    def body(self) -> Json:
+        return self.rec.json if isinstance(self.rec.json, dict) else {}
+
+    def id(self, name: str) -> int:
+        return int(self.params[name])
+
+
+Handler = Callable[[Call], Awaitable[web.Response]]
 
 
 class ApiError(Exception):

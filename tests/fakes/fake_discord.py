@@ -9,8 +9,9 @@ touched. Every REST request is recorded (``FakeDiscord.requests``) and the state
 
 Modules: ``discord_wire`` (constants, records, errors), ``discord_world`` (guilds, channels, permissions),
 ``discord_messages`` (messages, attachments, the Message Content intent), ``discord_components`` (Components V2
-and modals), ``discord_gateway`` (sessions, shards). This one: the ``FakeDiscord`` facade (world knobs, interaction
-builders, faults, queries), its REST handlers, and ``run_client``.
+and modals), ``discord_interactions`` (interaction payloads, callbacks, followups), ``discord_gateway`` (sessions,
+shards). This one: the ``FakeDiscord`` facade (world knobs, builders, faults, queries), the bot-token REST
+handlers, and ``run_client``. Every public name stays importable from here.
 """
 
 from __future__ import annotations
@@ -21,19 +22,19 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Self, TypedDict, Unpack
+from dataclasses import dataclass
+from typing import Any, Self, Unpack
 
 import discord
 import pytest
 import yarl
 from aiohttp import web
 
-from tests.fakes.discord_components import check_modal, modal_submission
+from tests.fakes.discord_components import modal_submission
 from tests.fakes.discord_gateway import Gateway
+from tests.fakes.discord_interactions import Interactions, Where
 from tests.fakes.discord_messages import MessageStore
 from tests.fakes.discord_wire import (
     API_PREFIX,
@@ -43,17 +44,15 @@ from tests.fakes.discord_wire import (
     DROPPED,
     EPHEMERAL,
     EVERYONE_PERMS,
-    LOADING,
     MAX_FILES,
     MOD_PERMS,
     PRIVATE_TYPES,
     RATE_LIMIT_BODY,
-    SUPPRESS_NOTIFICATIONS,
     THREAD_TYPES,
-    TOKEN_LIFETIME,
-    USE_EXTERNAL_APPS,
     VIA,
     ApiError,
+    Call,
+    Handler,
     Json,
     Recorded,
     UploadedFile,
@@ -61,7 +60,6 @@ from tests.fakes.discord_wire import (
     json_response,
     no_content,
     read_body,
-    snowflake_time,
     too_many,
 )
 from tests.fakes.discord_world import FakeGuild, Snowflakes, World, member_object
@@ -84,34 +82,10 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
-FOLLOWUP_CAP = 5  # receiving-and-responding.mdx "Create Followup Message": user-install-only interactions
 LOCALES = frozenset(locale.value for locale in discord.Locale)
 
 _CALLBACK_PATH = re.compile(r"/interactions/\d+/[^/]+/callback")
 _CDN_PATH = re.compile(r"/cdn/(?:media/)?attachments/(?P<channel>\d+)/(?P<att>\d+)/[^/]+")
-
-
-class Where(TypedDict, total=False):
-    """Who triggers an interaction, where and how: keyword arguments of every interaction builder.
-
-    ``channel_id`` may be a guild channel, a thread, a forum post, or a DM channel from ``dm_channel()``.
-    ``user_install``: the user installed the app (``authorizing_integration_owners["1"]``); needed in guilds the bot
-    is not in and in private channels without the bot. ``external_apps=False``: the server turned off Use External
-    Apps, so an app that only the user installed answers ephemerally there."""
-
-    user_id: int | None
-    channel_id: int | None
-    created_at: datetime | None
-    locale: str
-    guild_locale: str | None
-    user_install: bool
-    external_apps: bool
-
-
-def _moved(where: Where, channel_id: int) -> Where:
-    moved = where.copy()
-    moved["channel_id"] = channel_id
-    return moved
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,54 +115,19 @@ class _Failure:
 
 
 @dataclass
-class _Interaction:
-    """Server-side state of one interaction token."""
-
-    id: int
-    token: str
-    type: int  # 2 application command, 3 component, 5 modal submit
-    message_type: int  # type of the messages it creates
-    channel_id: int
-    metadata: Json
-    created_at: float  # epoch seconds, from the snowflake like discord.py's Interaction.created_at
-    message_id: int | None = None  # the component's message, for callback types 6 and 7
-    only_user_install: bool = False  # authorizing_integration_owners has no "0": at most 5 followups
-    force_ephemeral: bool = False  # user-installed app in a server with Use External Apps off
-    dispatched_at: float | None = None  # loop.time() of interact()
-    callback_type: int | None = None
-    original_id: int | None = None
-    message_ids: set[int] = field(default_factory=set)
-    followups: int = 0
-
-    def expired(self) -> bool:
-        return time.time() >= self.created_at + TOKEN_LIFETIME
-
-
-@dataclass
 class _Window:
     start: float
     count: int = 0
 
 
-@dataclass
-class _Call:
-    rec: Recorded
-    params: dict[str, str]
-    headers: Mapping[str, str]
-
-    @property
-    def body(self) -> Json:
-        return self.rec.json if isinstance(self.rec.json, dict) else {}
-
-    def id(self, name: str) -> int:
-        return int(self.params[name])
+def _moved(where: Where, channel_id: int) -> Where:
+    moved = where.copy()
+    moved["channel_id"] = channel_id
+    return moved
 
 
 class _Disconnect(Exception):
     """Close the connection without an answer (``fail_next(..., disconnect=True)``)."""
-
-
-_Handler = Callable[[_Call], Awaitable[web.Response]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +163,6 @@ class FakeDiscord:
         recommended_shards: int = 1,
         max_concurrency: int = 1,
     ) -> None:
-        self.ack_deadline = ack_deadline
-        self.attachment_size_limit = attachment_size_limit
         self.edit_rate = edit_rate
         self.recommended_shards = recommended_shards  # GET /gateway/bot "shards"
         self.max_concurrency = max_concurrency  # GET /gateway/bot "session_start_limit.max_concurrency"
@@ -235,7 +172,6 @@ class FakeDiscord:
         self.requests: list[Recorded] = []
         self.unhandled: list[str] = []
         self.commands: dict[int | None, list[Json]] = {}  # last sync, by guild id (None = global)
-        self.modals: dict[str, Json] = {}  # type-9 callback data by modal custom_id
         self.rate_limited = 0
 
         self.ids = Snowflakes()
@@ -243,6 +179,18 @@ class FakeDiscord:
         self.store = MessageStore(self.world, self.ids, self._announce, self._now)
         self.store.nonce_window = nonce_window
         self.gateway = Gateway(self.world, self.store, self.app_id, self._notify, self.unhandled)
+        self.interactions = Interactions(
+            self.world,
+            self.store,
+            self.ids,
+            self._now,
+            app_id=self.app_id,
+            default_user_id=self.owner_id,
+            default_channel_id=self.channel_id,
+        )
+        self.ack_deadline = ack_deadline
+        self.attachment_size_limit = attachment_size_limit
+        self.modals = self.interactions.modals  # type-9 callback data by modal custom_id
         self.messages = self.store.messages  # created by the bot over REST (incl. interaction responses)
         self.user_messages = self.store.user_messages  # added by the test with add_message()
         self.deleted_messages = self.store.deleted
@@ -254,7 +202,6 @@ class FakeDiscord:
         self.ready = self.gateway.ready
 
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
-        self._interactions: dict[str, _Interaction] = {}
         self._failures: list[_Failure] = []
         self._delays: list[tuple[str, re.Pattern[str], float]] = []
         self._closing = asyncio.Event()
@@ -263,6 +210,33 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self._build_world()
         self._routes = self._build_routes()
+
+    @property
+    def ack_deadline(self) -> float:
+        """Seconds an interaction may wait for its callback (Discord: 3); later ones answer 404 10062."""
+        return self.interactions.ack_deadline
+
+    @ack_deadline.setter
+    def ack_deadline(self, seconds: float) -> None:
+        self.interactions.ack_deadline = seconds
+
+    @property
+    def attachment_size_limit(self) -> int:
+        """Bytes per uploaded file (413 / 40005 above it); sent as ``attachment_size_limit`` in interactions."""
+        return self.interactions.attachment_size_limit
+
+    @attachment_size_limit.setter
+    def attachment_size_limit(self, size: int) -> None:
+        self.interactions.attachment_size_limit = size
+
+    @property
+    def nonce_window(self) -> float:
+        """Seconds during which a repeated ``enforce_nonce`` create returns the first message."""
+        return self.store.nonce_window
+
+    @nonce_window.setter
+    def nonce_window(self, seconds: float) -> None:
+        self.store.nonce_window = seconds
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -479,7 +453,7 @@ class FakeDiscord:
         resolved = {a["id"]: {**a, "ephemeral": True} for a in [*attachments, *self._option_attachments(options)]}
         if resolved:
             data["resolved"] = {"attachments": resolved}
-        return self._interaction(2, data, where, 20)
+        return self.interactions.build(2, data, where, 20)
 
     def message_command(self, name: str, message: Json, **where: Unpack[Where]) -> Json:
         """INTERACTION_CREATE data for a message context menu on ``message`` (its current state is sent, with
@@ -487,13 +461,13 @@ class FakeDiscord:
         message = self.store.find(int(message["id"])) or message
         data = self._command_data(name, 3)
         data.update(target_id=message["id"], resolved={"messages": {message["id"]: message}})
-        return self._interaction(2, data, _moved(where, int(message["channel_id"])), 23)
+        return self.interactions.build(2, data, _moved(where, int(message["channel_id"])), 23)
 
     def button(self, custom_id: str, message: Json, **where: Unpack[Where]) -> Json:
         """INTERACTION_CREATE data for a button press on ``message`` (its current state is sent)."""
         message = self.store.find(int(message["id"])) or message
         data = {"custom_id": custom_id, "component_type": 2}
-        return self._interaction(3, data, _moved(where, int(message["channel_id"])), 0, message=message)
+        return self.interactions.build(3, data, _moved(where, int(message["channel_id"])), 0, message=message)
 
     def modal_submit(
         self, custom_id: str, values: Mapping[str, Any], *, message: Json | None = None, **where: Unpack[Where]
@@ -515,7 +489,7 @@ class FakeDiscord:
             data["resolved"] = {"attachments": {f["id"]: {**f, "ephemeral": True} for f in uploads}}
         if message is not None and not where.get("channel_id"):
             where = _moved(where, int(message["channel_id"]))
-        return self._interaction(5, data, where, 0, message=message)
+        return self.interactions.build(5, data, where, 0, message=message)
 
     def reaction_add(self, message: Json, emoji: str, *, user_id: int | None = None) -> Json:
         """MESSAGE_REACTION_ADD data (not dispatched) and the reaction counted on the stored message."""
@@ -554,93 +528,6 @@ class FakeDiscord:
                 found.append(known)
         return found
 
-    def _interaction(
-        self, itype: int, data: Json, where: Where, message_type: int, *, message: Json | None = None
-    ) -> Json:
-        iid = self.ids.new(where.get("created_at") or datetime.now(UTC))
-        user_id = where.get("user_id") or self.owner_id
-        channel = self.world.channel(where.get("channel_id") or self.channel_id)
-        payload: Json = {
-            "id": str(iid),
-            "application_id": str(self.app_id),
-            "type": itype,
-            "token": f"fake-interaction-token-{iid}",
-            "version": 1,
-            "attachment_size_limit": self.attachment_size_limit,
-            "channel_id": channel["id"],
-            "locale": where.get("locale", "en-US"),
-            "entitlements": [],
-            "data": data,
-        }
-        guild = self.world.guild_of(channel)
-        if guild is None:
-            self._place_in_private_channel(payload, channel, user_id, where)
-        else:
-            self._place_in_guild(payload, guild, channel, user_id, where)
-        if message is not None:
-            payload["message"] = message
-        self._register(payload, user_id, message_type, message, where, in_guild=guild is not None)
-        return payload
-
-    def _place_in_guild(self, payload: Json, guild: FakeGuild, channel: Json, user_id: int, where: Where) -> None:
-        user_install = where.get("user_install", False)
-        if not guild.bot_member and not user_install:
-            raise ValueError(f"the bot is not in guild {guild.id}: only a user-installed app (user_install=True)")
-        owners = {"0": str(guild.id)} if guild.bot_member else {}
-        if user_install:
-            owners["1"] = str(user_id)
-        permissions = self.world.permissions(guild, user_id, channel)
-        if not where.get("external_apps", True):
-            permissions &= ~USE_EXTERNAL_APPS
-        payload.update(
-            guild_id=str(guild.id),
-            guild=guild.partial(),
-            guild_locale=where.get("guild_locale") or guild.locale,
-            channel=channel if guild.bot_member else self.world.partial_channel(channel, permissions),
-            member={**guild.members[user_id], "permissions": str(permissions)},
-            app_permissions=str(self.world.app_permissions(channel)),
-            authorizing_integration_owners=owners,
-            context=0,
-        )
-
-    def _place_in_private_channel(self, payload: Json, channel: Json, user_id: int, where: Where) -> None:
-        with_bot = self.world.bot_is_recipient(channel)
-        user_install = where.get("user_install", False)
-        if not with_bot and not user_install:
-            raise ValueError("the bot is not in this private channel: only a user-installed app (user_install=True)")
-        if user_id not in self.world.private_members[int(channel["id"])]:
-            raise ValueError(f"user {user_id} is not in private channel {channel['id']}")
-        payload.update(
-            channel=channel,
-            user=self.world.users[user_id],
-            app_permissions=str(self.world.app_permissions(channel)),
-            authorizing_integration_owners={"1": str(user_id)} if user_install else {"0": "0"},
-            context=1 if with_bot else 2,
-        )
-
-    def _register(
-        self, payload: Json, user_id: int, message_type: int, message: Json | None, where: Where, *, in_guild: bool
-    ) -> None:
-        iid, owners = int(payload["id"]), payload["authorizing_integration_owners"]
-        only_user_install = "0" not in owners
-        self._interactions[payload["token"]] = _Interaction(
-            id=iid,
-            token=payload["token"],
-            type=payload["type"],
-            message_type=message_type,
-            channel_id=int(payload["channel_id"]),
-            metadata={
-                "id": str(iid),
-                "type": payload["type"],
-                "user": self.world.users[user_id],
-                "authorizing_integration_owners": owners,
-            },
-            created_at=snowflake_time(iid),
-            message_id=int(message["id"]) if message else None,
-            only_user_install=only_user_install,
-            force_ephemeral=only_user_install and in_guild and not where.get("external_apps", True),
-        )
-
     # ---------------------------------------------------------------------- test-facing actions
 
     async def dispatch(self, event: str, data: Json) -> None:
@@ -652,7 +539,7 @@ class FakeDiscord:
 
     async def interact(self, payload: Json) -> None:
         """Dispatch INTERACTION_CREATE and start the acknowledgement clock (``ack_deadline``)."""
-        self._interactions[payload["token"]].dispatched_at = self._now()
+        self.interactions.started(payload["token"])
         await self.dispatch("INTERACTION_CREATE", payload)
 
     def fail_next(
@@ -764,14 +651,14 @@ class FakeDiscord:
 
     # ---------------------------------------------------------------------------- REST plumbing
 
-    def _build_routes(self) -> list[tuple[str, re.Pattern[str], _Handler]]:
+    def _build_routes(self) -> list[tuple[str, re.Pattern[str], Handler]]:
         app, channel = r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?", r"/channels/(?P<channel>\d+)"
         message, hook = channel + r"/messages/(?P<message>\d+)", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"
         reaction, hook_message = (
             message + r"/reactions/(?P<emoji>[^/]+)",
             hook + r"/messages/(?P<message>@original|\d+)",
         )
-        table: list[tuple[str, str, _Handler]] = [
+        table: list[tuple[str, str, Handler]] = [
             ("GET", r"/users/@me", self._get_me),
             ("POST", r"/users/@me/channels", self._post_dm_channel),
             ("GET", r"/users/(?P<user>\d+)", self._get_user),
@@ -795,11 +682,11 @@ class FakeDiscord:
             ("PUT", reaction + "/@me", self._put_reaction),
             ("DELETE", reaction + r"/(?P<user>@me|\d+)", self._delete_reaction),
             ("POST", r"/attachments/refresh-urls", self._refresh_urls),
-            ("POST", r"/interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", self._post_callback),
-            ("POST", hook, self._post_followup),
-            ("GET", hook_message, self._get_webhook_message),
-            ("PATCH", hook_message, self._patch_webhook_message),
-            ("DELETE", hook_message, self._delete_webhook_message),
+            ("POST", r"/interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", self.interactions.post_callback),
+            ("POST", hook, self.interactions.post_followup),
+            ("GET", hook_message, self.interactions.get_webhook_message),
+            ("PATCH", hook_message, self.interactions.patch_webhook_message),
+            ("DELETE", hook_message, self.interactions.delete_webhook_message),
         ]
         return [(method, re.compile(pattern), handler) for method, pattern, handler in table]
 
@@ -841,7 +728,7 @@ class FakeDiscord:
             self._check_bot_request(request, params)
         self._check_uploads(rec.files)
         headers = self._take_rate_limit(rec)
-        response = await handler(_Call(rec, params, request.headers))
+        response = await handler(Call(rec, params, request.headers))
         if failure is not None:  # applied: the request took effect, its answer is lost
             raise _Disconnect
         response.headers.update(headers)
@@ -862,7 +749,7 @@ class FakeDiscord:
         elif "guild" in params:
             self.world.guild_or_error(int(params["guild"]))
 
-    def _route(self, method: str, path: str) -> tuple[_Handler | None, dict[str, str]]:
+    def _route(self, method: str, path: str) -> tuple[Handler | None, dict[str, str]]:
         for route_method, pattern, handler in self._routes:
             if route_method == method and (match := pattern.fullmatch(path)):
                 return handler, {k: v for k, v in match.groupdict().items() if v is not None}
@@ -899,27 +786,27 @@ class FakeDiscord:
 
     # -------------------------------------------------------------------- REST: startup and guild
 
-    async def _get_me(self, call: _Call) -> web.Response:
+    async def _get_me(self, call: Call) -> web.Response:
         return json_response(self.world.users[self.bot_user_id])
 
-    async def _get_user(self, call: _Call) -> web.Response:
+    async def _get_user(self, call: Call) -> web.Response:
         if (user := self.world.users.get(call.id("user"))) is None:
             raise ApiError(404, 10013, "Unknown User")
         return json_response(user)
 
-    async def _post_dm_channel(self, call: _Call) -> web.Response:
+    async def _post_dm_channel(self, call: Call) -> web.Response:
         recipient = int(call.body.get("recipient_id") or 0)
         if recipient not in self.world.users:
             raise invalid_form("recipient_id: Unknown user")
         return json_response(self.world.dm_channel([self.bot_user_id, recipient]))
 
-    async def _get_app(self, call: _Call) -> web.Response:
+    async def _get_app(self, call: Call) -> web.Response:
         return json_response(self._app_info())
 
-    async def _get_gateway(self, call: _Call) -> web.Response:
+    async def _get_gateway(self, call: Call) -> web.Response:
         return json_response({"url": self.gateway_url})
 
-    async def _get_gateway_bot(self, call: _Call) -> web.Response:
+    async def _get_gateway_bot(self, call: Call) -> web.Response:
         """events/gateway.mdx "Get Gateway Bot": url, recommended shards, session start limit."""
         remaining = max(0, 1000 - len(self.identify_payloads))
         limit = {
@@ -930,7 +817,7 @@ class FakeDiscord:
         }
         return json_response({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": limit})
 
-    async def _put_commands(self, call: _Call) -> web.Response:
+    async def _put_commands(self, call: Call) -> web.Response:
         guild_id = call.id("guild") if "guild" in call.params else None
         if call.id("app") != self.app_id:
             raise ApiError(403, 50001, "Missing Access")
@@ -967,7 +854,7 @@ class FakeDiscord:
             echoed["guild_id"] = str(guild_id)
         return echoed
 
-    async def _get_commands(self, call: _Call) -> web.Response:
+    async def _get_commands(self, call: Call) -> web.Response:
         """Without ``with_localizations=true`` Discord drops the dictionaries and sends ``name_localized`` /
         ``description_localized`` for the ``X-Discord-Locale`` header (application-commands.mdx "Retrieving
         localized commands")."""
@@ -977,20 +864,20 @@ class FakeDiscord:
         locale = call.headers.get("X-Discord-Locale")
         return json_response([_localized(c, locale) for c in commands])
 
-    async def _get_guild(self, call: _Call) -> web.Response:
+    async def _get_guild(self, call: Call) -> web.Response:
         return json_response(self.world.guild_rest_payload(self.world.guild_or_error(call.id("guild"))))
 
-    async def _get_guild_channels(self, call: _Call) -> web.Response:
+    async def _get_guild_channels(self, call: Call) -> web.Response:
         guild = self.world.guild_or_error(call.id("guild"))
         return json_response(self.world.guild_payload(guild)["channels"])
 
-    async def _get_member(self, call: _Call) -> web.Response:
+    async def _get_member(self, call: Call) -> web.Response:
         guild = self.world.guild_or_error(call.id("guild"))
         if (member := guild.members.get(call.id("user"))) is None:
             raise ApiError(404, 10007, "Unknown Member")
         return json_response(member)
 
-    async def _refresh_urls(self, call: _Call) -> web.Response:
+    async def _refresh_urls(self, call: Call) -> web.Response:
         urls = call.body.get("attachment_urls")
         if not isinstance(urls, list):
             raise invalid_form("attachment_urls: This field is required")
@@ -1002,13 +889,13 @@ class FakeDiscord:
     def _visible(self, message: Json) -> Json:
         return self.store.visible(message, message_content=self.gateway.message_content)
 
-    async def _get_channel(self, call: _Call) -> web.Response:
+    async def _get_channel(self, call: Call) -> web.Response:
         return json_response(self.world.channel(call.id("channel")))
 
-    async def _post_typing(self, call: _Call) -> web.Response:
+    async def _post_typing(self, call: Call) -> web.Response:
         return no_content()
 
-    async def _get_history(self, call: _Call) -> web.Response:
+    async def _get_history(self, call: Call) -> web.Response:
         query = call.rec.query
         limit = int(query.get("limit", 50))
         if not 1 <= limit <= 100:
@@ -1026,10 +913,10 @@ class FakeDiscord:
         found = [m for i in reversed(ids) if (m := self.store.find(i))]  # newest first, like Discord
         return json_response([self._visible(m) for m in found])
 
-    async def _get_message(self, call: _Call) -> web.Response:
+    async def _get_message(self, call: Call) -> web.Response:
         return json_response(self._visible(self.store.in_channel(call.id("channel"), call.id("message"))))
 
-    async def _post_message(self, call: _Call) -> web.Response:
+    async def _post_message(self, call: Call) -> web.Response:
         channel = self.world.channel(call.id("channel"))
         if channel["type"] in (4, 15, 16):
             raise ApiError(400, 50008, "Cannot send messages in a non-text channel")
@@ -1040,13 +927,13 @@ class FakeDiscord:
             self.store.remember_nonce(self.bot_user_id, call.body["nonce"], int(message["id"]))
         return json_response(message)
 
-    async def _patch_message(self, call: _Call) -> web.Response:
+    async def _patch_message(self, call: Call) -> web.Response:
         message = self.store.in_channel(call.id("channel"), call.id("message"))
         if message["author"]["id"] != str(self.bot_user_id):
             raise ApiError(403, 50005, "Cannot edit a message authored by another user")
         return json_response(await self.store.edit(message, call.body, call.rec.files))
 
-    async def _delete_message(self, call: _Call) -> web.Response:
+    async def _delete_message(self, call: Call) -> web.Response:
         await self.store.remove(self.store.in_channel(call.id("channel"), call.id("message")))
         return no_content()
 
@@ -1059,7 +946,7 @@ class FakeDiscord:
         if channel["type"] in THREAD_TYPES or channel["type"] not in allowed:
             raise ApiError(400, 50024, "Cannot execute action on this channel type")
 
-    async def _post_message_thread(self, call: _Call) -> web.Response:
+    async def _post_message_thread(self, call: Call) -> web.Response:
         channel = self.world.channel(call.id("channel"))
         self._check_thread_parent(channel, (0, 5))
         message = self.store.in_channel(call.id("channel"), call.id("message"))
@@ -1071,7 +958,7 @@ class FakeDiscord:
         self.store.store({**message, "thread": thread}, by_bot=message["author"]["id"] == str(self.bot_user_id))
         return json_response(thread, 201)
 
-    async def _post_thread(self, call: _Call) -> web.Response:
+    async def _post_thread(self, call: Call) -> web.Response:
         channel = self.world.channel(call.id("channel"))
         self._check_thread_parent(channel, (0, 5, 15))
         if not self.threads_allowed:
@@ -1099,137 +986,14 @@ class FakeDiscord:
         await self._announce("THREAD_CREATE", {**thread, "newly_created": True})
         return thread
 
-    async def _put_reaction(self, call: _Call) -> web.Response:
+    async def _put_reaction(self, call: Call) -> web.Response:
         self.store.in_channel(call.id("channel"), call.id("message"))
         self.store.react(call.id("message"), call.params["emoji"], delta=1, me=True)
         return no_content()
 
-    async def _delete_reaction(self, call: _Call) -> web.Response:
+    async def _delete_reaction(self, call: Call) -> web.Response:
         self.store.in_channel(call.id("channel"), call.id("message"))
         self.store.react(call.id("message"), call.params["emoji"], delta=-1, me=call.params["user"] == "@me")
-        return no_content()
-
-    # ------------------------------------------------------------- REST: interactions, webhooks
-
-    def _callback_interaction(self, call: _Call) -> _Interaction:
-        inter = self._interactions.get(call.params["token"])
-        if inter is None or inter.id != call.id("iid") or inter.expired():
-            raise ApiError(404, 10062, "Unknown interaction")
-        if inter.callback_type is not None:
-            raise ApiError(400, 40060, "Interaction has already been acknowledged.")
-        late = inter.dispatched_at is not None and self._now() - inter.dispatched_at > self.ack_deadline
-        if late:
-            raise ApiError(404, 10062, "Unknown interaction")
-        return inter
-
-    async def _post_callback(self, call: _Call) -> web.Response:
-        inter = self._callback_interaction(call)
-        kind, data = int(call.body.get("type", 0)), call.body.get("data") or {}
-        if kind not in (4, 5, 6, 7, 9) or (kind in (6, 7) and inter.message_id is None):
-            raise ApiError(400, 40043, "Interaction has invalid type for this response")  # approximate code
-        if kind == 9:
-            if inter.type == 5:
-                raise ApiError(400, 40043, "Interaction has invalid type for this response")
-            check_modal(data)
-        if kind == 5 and int(data.get("flags") or 0) & ~(EPHEMERAL | SUPPRESS_NOTIFICATIONS):
-            # receiving-and-responding.mdx: a deferred response may only set EPHEMERAL; V2 comes with the edit
-            raise invalid_form("data.flags: Only EPHEMERAL can be set on a deferred response")
-        inter.callback_type = kind  # before any await, so a racing second callback sees it
-        try:
-            message = await self._callback_message(inter, kind, data, call.rec.files)
-        except ApiError:
-            inter.callback_type = None
-            raise
-        if kind == 9:
-            self.modals[str(data["custom_id"])] = data
-        return json_response(self._callback_body(inter, kind, message))
-
-    async def _callback_message(
-        self, inter: _Interaction, kind: int, data: Json, files: list[UploadedFile]
-    ) -> Json | None:
-        if kind in (4, 5):
-            requested = int(data.get("flags") or 0)
-            flags = (LOADING if kind == 5 else 0) | requested & EPHEMERAL | (EPHEMERAL if inter.force_ephemeral else 0)
-            message = await self.store.create(
-                inter.channel_id,
-                data if kind == 4 else {},
-                files,
-                type=inter.message_type,
-                flags=flags,
-                webhook_id=str(self.app_id),
-                application_id=str(self.app_id),
-                interaction_metadata=inter.metadata,
-            )
-        elif kind == 7:
-            assert inter.message_id is not None
-            message = await self.store.edit(self.store.find_or_404(inter.message_id), data, files)
-        elif kind == 6:
-            assert inter.message_id is not None
-            message = self.store.find_or_404(inter.message_id)
-        else:
-            return None
-        inter.original_id = int(message["id"])
-        inter.message_ids.add(inter.original_id)
-        return message
-
-    def _callback_body(self, inter: _Interaction, kind: int, message: Json | None) -> Json:
-        summary: Json = {"id": str(inter.id), "type": inter.type}
-        resource: Json = {"type": kind}
-        if message is not None:
-            summary.update(
-                response_message_id=message["id"],
-                response_message_loading=kind == 5,
-                response_message_ephemeral=bool(message["flags"] & EPHEMERAL),
-            )
-            resource["message"] = message
-        return {"interaction": summary, "resource": resource}
-
-    def _webhook_interaction(self, call: _Call) -> _Interaction:
-        if call.id("app") != self.app_id:
-            raise ApiError(404, 10015, "Unknown Webhook")
-        inter = self._interactions.get(call.params["token"])
-        if inter is None or inter.expired():
-            raise ApiError(401, 50027, "Invalid Webhook Token")
-        if inter.callback_type is None:
-            raise ApiError(404, 10015, "Unknown Webhook")  # Discord's answer before the interaction is acked
-        return inter
-
-    def _webhook_message(self, call: _Call) -> Json:
-        inter = self._webhook_interaction(call)
-        ref = call.params["message"]
-        message_id = inter.original_id if ref == "@original" else int(ref)
-        if message_id is None or message_id not in inter.message_ids:
-            raise ApiError(404, 10008, "Unknown Message")
-        return self.store.find_or_404(message_id)
-
-    async def _post_followup(self, call: _Call) -> web.Response:
-        inter = self._webhook_interaction(call)
-        if inter.only_user_install and inter.followups >= FOLLOWUP_CAP:
-            raise ApiError(400, 40094, "This interaction has hit the maximum number of follow up messages")
-        channel_id = int(call.rec.query.get("thread_id", inter.channel_id))
-        message = await self.store.create(
-            channel_id,
-            call.body,
-            call.rec.files,
-            flags=EPHEMERAL if inter.force_ephemeral else 0,
-            type=inter.message_type,
-            webhook_id=str(self.app_id),
-            application_id=str(self.app_id),
-            interaction_metadata=inter.metadata,
-        )
-        inter.followups += 1
-        inter.message_ids.add(int(message["id"]))
-        wait = call.rec.query.get("wait", "false").lower() in ("1", "true")
-        return json_response(message) if wait else no_content()
-
-    async def _get_webhook_message(self, call: _Call) -> web.Response:
-        return json_response(self._webhook_message(call))
-
-    async def _patch_webhook_message(self, call: _Call) -> web.Response:
-        return json_response(await self.store.edit(self._webhook_message(call), call.body, call.rec.files))
-
-    async def _delete_webhook_message(self, call: _Call) -> web.Response:
-        await self.store.remove(self._webhook_message(call))
         return no_content()
 
     # ------------------------------------------------------------------------------ rate limits
