@@ -86,23 +86,37 @@ async def test_a_reroll_whose_first_post_fails_posts_its_results_exactly_once(
     assert harness.fal.count("submit") == 2
 
 
-async def test_kontext_in_a_thread_retried_after_a_lost_answer_is_posted_once(harness: Harness):
+@pytest.mark.parametrize("nonce_window", [300.0, 0.0], ids=["within-the-nonce-window", "found-in-the-history"])
+async def test_kontext_in_a_thread_retried_after_a_lost_answer_is_posted_once(harness: Harness, nonce_window: float):
     """Discord created the message but the answer never arrived: the retry finds it instead of posting again."""
     _, first = await delivered(harness)
     thread_id = int(first["channel_id"])
-    harness.discord.delay_next("POST", rf"/channels/{thread_id}/messages", 60)  # stored at once, answered late
+    harness.discord.nonce_window = nonce_window
+    harness.discord.fail_next("POST", rf"/channels/{thread_id}/messages", disconnect=True, applied=True)
 
     payload = await harness.kontext("in the thread", channel_id=thread_id)
-    job = await _job_when_posted(harness, payload)
-    await asyncio.sleep(0.1)
+    assert "✅ Done" in await harness.final_status(payload["token"])
+    job = await job_of(harness, payload)
 
-    assert len(result_posts(harness, job)) == 1
+    assert len(result_posts(harness, job)) == 1 and job.delivery_attempts == 2
+    assert job.result_message_ids == (int(result_posts(harness, job)[0]["id"]),)
 
 
-async def _job_when_posted(harness: Harness, payload: Json) -> Job:
-    await harness.discord.wait_until(lambda: len([m for m in harness.discord.messages.values()
-                                                  if RESULT_TEXT in m["content"]]) >= 2)  # fmt: skip
-    return await job_of(harness, payload)
+# --- the status message survives a dropped connection -----------------------------------------------
+
+
+@pytest.mark.parametrize("dropped", [1, 3])
+async def test_status_edits_dropped_by_the_connection_still_end_on_the_final_state(harness: Harness, dropped: int):
+    harness.fal.add_script(JobScript(queue_positions=(2, 1), step_seconds=0.2))
+    harness.discord.fail_next("PATCH", r"/webhooks/\d+/[^/]+/messages/@original", disconnect=True, times=dropped)
+
+    payload = await harness.kontext()
+    final = await harness.final_status(payload["token"])
+
+    assert "✅ Done" in final
+    patches = [r for r in harness.discord.requests if r.method == "PATCH"]
+    assert sum(r.status == 0 for r in patches) == dropped and patches[-1].status == 200
+    assert "Cancel" not in str(patches[-1].json)  # the final state has no Cancel button left
 
 
 # --- limits under races ---------------------------------------------------------------------------------
