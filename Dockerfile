@@ -8,17 +8,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
-RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
-    && pip install . \
-    && pip uninstall -y kontext-bot \
-    && rm -rf bot cogs
+# Dependencies first, exactly as locked and hash-checked, in their own layer: rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
-# Then the code.
+# Then the bot itself, against those dependencies and the locked build backend (no build isolation).
+COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin kontext \
     && mkdir -p /data && chown kontext /data
 

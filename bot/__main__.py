@@ -69,7 +69,7 @@ def main() -> int:
         print(exc, file=sys.stderr)  # noqa: T201
         return 2
     secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
-    setup_logging(settings.log_level, secrets)
+    setup_logging(settings.log_level, secrets, settings.log_format)
     point_discord_at(settings)
     try:
         asyncio.run(run(settings))

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from bot.log import LogFormat
+
 __all__ = ("ConfigError", "Settings", "load_settings")
 
 DISCORD_API_V10 = "https://discord.com/api/v10"
@@ -75,6 +77,7 @@ class Settings(BaseSettings):
     database_path: Path = Path("data/kontext.sqlite3")
     heartbeat_path: Path | None = Path("data/heartbeat")  # touched while connected; read by `python -m bot.health`
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = "text"  # json: one object per line, for log collectors
 
     @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", mode="before")
     @classmethod

