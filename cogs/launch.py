@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.fal import KontextInput
 from bot.i18n import DEFAULT_LOCALE, t, using_locale
 from bot.jobs import Job
+from bot.log import log_context
 from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request
@@ -102,6 +103,12 @@ class Launcher:
         self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin, draft: Draft | None
     ) -> None:
         job = self._new_job(request, origin)
+        with log_context(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id):
+            await self._answer_and_launch(interaction, job, origin, draft)
+
+    async def _answer_and_launch(
+        self, interaction: discord.Interaction[Any], job: Job, origin: Origin, draft: Draft | None
+    ) -> None:
         message_id = await _answer(interaction, render_status(job), status_view(job.id))
         job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
         status = self._status(job, InteractionTarget(interaction, message_id))

@@ -130,7 +130,8 @@ async def test_twenty_simultaneous_kontexts_from_one_user_pay_for_exactly_two(st
             before = len(harness.fal.jobs)
 
             await asyncio.gather(*(harness.kontext(f"try {i}", user_id=user) for i in range(20)))
-            await harness.discord.wait_until(lambda n=round_number: len(harness.ephemeral_replies()) == 18 * n, 10)
+            refusals = 18 * round_number
+            await harness.discord.wait_until(lambda: len(harness.ephemeral_replies()) == refusals, 10)  # noqa: B023
 
             assert len(harness.fal.jobs) - before == 2
             assert all("already have 2 jobs running" in r for r in harness.ephemeral_replies()[-18:])

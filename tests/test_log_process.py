@@ -1,7 +1,6 @@
 """`python -m bot` at DEBUG with LOG_FORMAT=json, through a delivered job: every line of the job carries its ids.
 
-The ids come from the job owner binding them (`bot.log.log_context` / `bind`, see bot/log.py); until it does,
-this is an expected failure. strict: the day it passes, the marker must go, so it guards from then on.
+The ids come from the job owner (`JobRunner`) binding them with `bot.log.log_context` / `bind`.
 """
 
 from __future__ import annotations
@@ -46,10 +45,6 @@ async def deliver_one_job(discord: FakeDiscord) -> dict[str, object]:
     return payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the job owner does not bind job ids yet: bot/log.py's docstring shows the calls it needs",
-)
 async def test_every_line_of_a_job_carries_its_ids(bot: BotProcess, fake_discord: FakeDiscord):
     payload = await deliver_one_job(fake_discord)
     assert await bot.terminate() == 0

@@ -31,6 +31,7 @@ from bot.fal import (
 from bot.i18n import t, tn, using_locale
 from bot.jobs.model import Job, JobState, ResultImage
 from bot.jobs.ports import DeliveryFailed, FalQueue, JobSink, JobStore
+from bot.log import bind, log_context
 from bot.messages import describe_failure
 from bot.quota import Denial, Limits, UsageSnapshot, decide
 
@@ -109,7 +110,9 @@ class JobRunner:
         if job.id in self._tasks:
             return self._tasks[job.id]
         self._jobs[job.id], self._sinks[job.id] = job, sink
-        task = asyncio.create_task(self._run(job.id, first), name=f"job:{job.id}")
+        # The task (and every task it starts) logs with the job's ids.
+        with log_context(job_id=job.id, request_id=job.request_id, guild_id=job.guild_id, user_id=job.user_id):
+            task = asyncio.create_task(self._run(job.id, first), name=f"job:{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda done: self._forget(job.id, done))
         return task
@@ -228,7 +231,8 @@ class JobRunner:
             log.warning("job %s: fal refused the submit: %s", job_id, exc)
             await self._end(job_id, JobState.FAILED, error=describe_failure(exc))
             return
-        log.info("job %s accepted by fal as request %s", job_id, handle.request_id)
+        bind(request_id=handle.request_id)
+        log.info("job %s accepted by fal as %s", job_id, handle.request_id)
         job = await self._change(
             job_id,
             lambda j: j.advance(JobState.QUEUED, request_id=handle.request_id, queue_position=handle.queue_position),
