@@ -16,7 +16,7 @@ from bot.bot import KontextBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
-from bot.store import SqliteJobStore
+from bot.store import SqliteJobStore, StoreError
 
 log = logging.getLogger("bot")
 
@@ -80,6 +80,9 @@ def main() -> int:
         return 1
     except discord.PrivilegedIntentsRequired:
         log.error("enable the Message Content intent in the developer portal, or set MESSAGE_CONTENT_INTENT=false")
+        return 1
+    except StoreError as exc:
+        log.error("cannot use the database: %s", exc)
         return 1
     return 0
 

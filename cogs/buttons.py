@@ -73,6 +73,8 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
         await interaction.response.defer(thinking=True)
         try:
             job = await self._job(job_id)
+            if interaction.user.id != job.user_id and not interaction.permissions.manage_messages:
+                raise UserFacingError(_not_yours(job))
             urls = await refresh_discord_urls(self.bot, job.request.image_urls)
             request = job.request.model_copy(update={"image_urls": urls, "seed": random.randint(*SEED)})
             await self.launcher.from_request(interaction, request, origin_of(interaction, "reroll"))
@@ -114,6 +116,15 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
         await send_ephemeral(interaction, t(
             "📌 Saved. Your next `/kontext` or *Edit with Kontext* starts from this image; add up to {more} more. "
             "It is kept for 24 hours.", more=self.bot.settings.max_images - 1))  # fmt: skip
+
+
+def _not_yours(job: Job) -> str:
+    """Reroll repeats the requester's inputs (maybe private uploads) at the presser's cost: theirs, or a mod's."""
+    return t(
+        "Only <@{user}> or a moderator can reroll this: it repeats their inputs. "
+        "**Edit again** starts your own edit from the result.",
+        user=job.user_id,
+    )
 
 
 def _as_input(image: OutputImage) -> ImageRef:

@@ -36,6 +36,7 @@ MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord takes 25 MiB per message request
 MAX_FILES_PER_MESSAGE = 10
 THREAD_EXISTS = 160004
 HISTORY_SCAN = 100
+THREAD_NAME_LIMIT = 100
 AnyChannel = discord.abc.GuildChannel | discord.abc.PrivateChannel | discord.Thread
 
 
@@ -182,7 +183,8 @@ class _Delivery:
         content = render_result(self._job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked,
                                 missing=plan.missing)  # fmt: skip
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._job.user_id)])
-        return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions}
+        return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions,
+                "suppress_embeds": True}  # fmt: skip
 
     async def _channel(self) -> AnyChannel:
         channel: AnyChannel | None = self._bot.get_channel(self._job.channel_id)
@@ -232,8 +234,9 @@ class _Delivery:
 
 
 def thread_name(prompt: str) -> str:
-    """One line, cut to Discord's 100 characters."""
-    return f"Kontext: {' '.join(prompt.split())}"[:100]
+    """One line of at most Discord's 100 characters, cut with an ellipsis."""
+    name = f"Kontext: {' '.join(prompt.split())}"
+    return name if len(name) <= THREAD_NAME_LIMIT else name[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
 
 
 def _attachment_names(message: discord.Message) -> set[str]:

@@ -148,7 +148,7 @@ class Launcher:
         job = self._new_job(request, origin)
         reply = channel.get_partial_message(origin.message_id) if origin.message_id else discord.utils.MISSING
         message = await channel.send(render_status(job), view=status_view(job.id), allowed_mentions=NO_MENTIONS,
-                                     reference=reply, mention_author=False)  # fmt: skip
+                                     reference=reply, mention_author=False, suppress_embeds=True)  # fmt: skip
         job = job.update(status_message_id=message.id, origin_message_id=origin.message_id or message.id)
         denial = await self.bot.runner.admit(job, self.limits)
         if denial is not None:
@@ -191,7 +191,9 @@ class Launcher:
 async def _answer(interaction: discord.Interaction[Any], content: str, view: discord.ui.View) -> int | None:
     """Answer with `content` (the first response, or an edit of a defer); the message's id."""
     if not interaction.response.is_done():
-        response = await interaction.response.send_message(content, view=view, allowed_mentions=NO_MENTIONS)
+        response = await interaction.response.send_message(
+            content, view=view, allowed_mentions=NO_MENTIONS, suppress_embeds=True
+        )
         return response.message_id
     message = await interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
     return message.id

@@ -68,7 +68,7 @@ class ChannelTarget:
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
         if self.message_id is None:
             message = await self._channel.send(
-                content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS
+                content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS, suppress_embeds=True
             )
             self.message_id = message.id
             return

@@ -165,7 +165,7 @@ class Triggers(commands.Cog):
             return  # the emoji on a message without (visible) images is just an emoji
         try:
             await self._check_limits(member)
-            prompt = message.content.strip() or await self._ask_for_prompt(message, member)
+            prompt = self._prompt_in(message) or await self._ask_for_prompt(message, member)
             if prompt is None:
                 return
             request = build_request(prompt, images, JobOptions(), self.bot.settings)
@@ -174,6 +174,13 @@ class Triggers(commands.Cog):
             await self.launcher.from_message(request, origin)
         except UserFacingError as exc:
             await _notice(message, member, str(exc))
+
+    def _prompt_in(self, message: discord.Message) -> str:
+        """A person's message text is the prompt; a bot's (our own results included) never is."""
+        if message.author.bot:
+            return ""
+        me = self.bot.user
+        return message.content.replace(f"<@{me.id}>", "").strip() if me else message.content.strip()
 
     async def _check_limits(self, member: discord.Member) -> None:
         """The limits before a question is asked (admission checks them again, atomically)."""

@@ -73,6 +73,15 @@ class Harness:
     def _who(options: dict[str, Any]) -> dict[str, Any]:
         return {key: options.pop(key) for key in ("user_id", "created_at", "channel_id") if key in options}
 
+    async def event(self, event: str, data: Json) -> None:
+        """Dispatch a gateway event and return once the bot received it and its handlers ran to their first
+        wait: enough to assert that a handler did nothing."""
+        received = asyncio.ensure_future(self.bot.wait_for("socket_event_type", check=lambda t: t == event, timeout=5))
+        await self.discord.dispatch(event, data)
+        await received
+        for _ in range(10):
+            await asyncio.sleep(0)
+
     # --- observing --------------------------------------------------------------------------
 
     async def final_status(self, key: str | int, timeout: float = 10.0) -> str:
