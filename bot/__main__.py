@@ -34,9 +34,7 @@ def fal_client(session: aiohttp.ClientSession, settings: Settings) -> FalClient:
         result_hosts=settings.fal_result_hosts,
         max_download_bytes=settings.max_result_bytes,
     )
-    return FalClient(
-        session, key=settings.fal_key, base_url=settings.fal_queue_url, endpoint=settings.fal_endpoint, options=options
-    )
+    return FalClient(session, key=settings.fal_key, base_url=settings.fal_queue_url, options=options)
 
 
 def fal_connector(settings: Settings) -> aiohttp.TCPConnector:

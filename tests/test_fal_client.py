@@ -37,6 +37,7 @@ from bot.fal import (
     Queued,
     QueueHandle,
     QueueStatus,
+    app_root,
 )
 from bot.fal.retry import backoff_delay
 from bot.messages import describe_failure
@@ -48,6 +49,7 @@ SECRET = KEY.split(":")[1]
 ENDPOINT = "fal-ai/flux-pro/kontext/max/multi"
 APP = "fal-ai/flux-pro"
 INPUT = KontextInput(prompt="put the cat on the sofa", image_urls=("https://img.invalid/a.png",))
+PAYLOAD = INPUT.to_payload()
 UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 POLICY_DETAIL = [
     {
@@ -103,16 +105,10 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[BackoffCall]:
     return calls
 
 
-def make_client(
-    session: aiohttp.ClientSession, base: FakeFal | str, *, key: str = KEY, endpoint: str = ENDPOINT, **options: Any
-) -> FalClient:
+def make_client(session: aiohttp.ClientSession, base: FakeFal | str, *, key: str = KEY, **options: Any) -> FalClient:
     base_url = base.base_url if isinstance(base, FakeFal) else base
     return FalClient(
-        session,
-        key=SecretStr(key),
-        base_url=base_url,
-        endpoint=endpoint,
-        options=dataclasses.replace(BASE_OPTIONS, **options),
+        session, key=SecretStr(key), base_url=base_url, options=dataclasses.replace(BASE_OPTIONS, **options)
     )
 
 
@@ -147,8 +143,9 @@ def assert_no_secret(exc: BaseException, key: str = KEY) -> None:
         assert key not in user_text and secret not in user_text
 
 
-def urls(handle: QueueHandle) -> tuple[str, str, str, str]:
-    return (handle.request_id, handle.status_url, handle.response_url, handle.cancel_url)
+def paths(fake: FakeFal) -> set[str]:
+    """Every path the fake saw outside the submits and the files."""
+    return {r.path for r in fake.requests if r.kind not in ("submit", "file")}
 
 
 def queue_requests(fake: FakeFal) -> list[Any]:
@@ -170,11 +167,9 @@ async def test_submit_watch_result_download(fake: FakeFal, session: aiohttp.Clie
     fake.add_script(JobScript(queue_positions=(2, 1, 0), progress_steps=1, step_seconds=0.1, hold=True))
     client = make_client(session, fake, use_stream=use_stream)
 
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     rid = handle.request_id
-    root = f"{fake.base_url}/{APP}/requests/{rid}"
-    assert urls(handle) == (rid, f"{root}/status", root, f"{root}/cancel")
-    assert handle.queue_position == 2
+    assert (handle, handle.queue_position) == (QueueHandle(ENDPOINT, rid), 2)
     assert list(fake.jobs) == [rid]
 
     statuses = await collect(client, handle, release=fake)
@@ -191,6 +186,10 @@ async def test_submit_watch_result_download(fake: FakeFal, session: aiohttp.Clie
     assert all(r.query == {"logs": "1"} and r.path.startswith(f"/{APP}/requests/{rid}/status") for r in watched)
 
     output = await client.result(handle)
+    assert paths(fake) == {
+        f"/{APP}/requests/{rid}",
+        f"/{APP}/requests/{rid}/status" + ("/stream" if use_stream else ""),
+    }
     job = fake.jobs[rid]
     assert (output.seed, output.prompt, output.has_nsfw_concepts) == (job.seed, INPUT.prompt, (False,))
     (image,) = output.images
@@ -220,7 +219,7 @@ async def test_several_images_nsfw_flags_and_jpeg(fake: FakeFal, client: FalClie
     jpeg = make_jpeg(40, 30)
     outcome = Outcome(nsfw=(False, True), image_bytes=jpeg, content_type="image/jpeg")
     fake.add_script(instant(outcome))
-    handle = await client.submit(INPUT.model_copy(update={"num_images": 2, "seed": 7}))
+    handle = await client.submit(ENDPOINT, INPUT.model_copy(update={"num_images": 2, "seed": 7}).to_payload())
     assert await collect(client, handle) == [Completed(inference_seconds=0.0)]
     output = await client.result(handle)
     assert output.seed == 7
@@ -247,9 +246,8 @@ async def test_client_built_from_settings_like_main(fake: FakeFal, session: aioh
         fal_start_timeout_seconds=120,
     )
     client = fal_client(session, settings)
-    assert client.endpoint == ENDPOINT and client.app_root == APP
     fake.add_script(JobScript(step_seconds=0.01))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(settings.fal_endpoint, PAYLOAD)
     statuses = await collect(client, handle)
     assert statuses[0] == Queued(2) and isinstance(statuses[-1], Completed)
     output = await client.result(handle)
@@ -261,8 +259,8 @@ async def test_client_built_from_settings_like_main(fake: FakeFal, session: aioh
 
 
 async def test_submit_sends_start_timeout_header(fake: FakeFal, session: aiohttp.ClientSession) -> None:
-    await make_client(session, fake, start_timeout=300.0).submit(INPUT)
-    await make_client(session, fake, start_timeout=None).submit(INPUT)
+    await make_client(session, fake, start_timeout=300.0).submit(ENDPOINT, PAYLOAD)
+    await make_client(session, fake, start_timeout=None).submit(ENDPOINT, PAYLOAD)
     with_header, without_header = fake.requests
     assert with_header.headers["x-fal-request-timeout"] == "300.0"
     assert "x-fal-request-timeout" not in without_header.headers
@@ -272,7 +270,7 @@ async def test_submit_sends_start_timeout_header(fake: FakeFal, session: aiohttp
 async def test_submit_401_bad_key(fake: FakeFal, session: aiohttp.ClientSession) -> None:
     wrong = "kid-4711:wr0ng-S3cret-value"
     with pytest.raises(FalAuthError) as err:
-        await make_client(session, fake, key=wrong).submit(INPUT)
+        await make_client(session, fake, key=wrong).submit(ENDPOINT, PAYLOAD)
     assert (err.value.status, err.value.balance_exhausted) == (401, False)
     assert err.value.summary == "No user found for Key ID and Secret"
     assert fake.count("submit") == 1 and not fake.jobs  # auth errors are not retried
@@ -282,7 +280,7 @@ async def test_submit_401_bad_key(fake: FakeFal, session: aiohttp.ClientSession)
 
 async def test_auth_error_while_watching_is_raised_not_swallowed(fake: FakeFal, session: aiohttp.ClientSession) -> None:
     fake.add_script(JobScript(hold=True))
-    handle = await make_client(session, fake).submit(INPUT)
+    handle = await make_client(session, fake).submit(ENDPOINT, PAYLOAD)
     wrong = "kid-4711:wr0ng-S3cret-value"
     with pytest.raises(FalAuthError) as err:
         await collect(make_client(session, fake, key=wrong), handle)
@@ -294,7 +292,7 @@ async def test_auth_error_while_watching_is_raised_not_swallowed(fake: FakeFal, 
 async def test_submit_403_exhausted_balance(fake: FakeFal, client: FalClient) -> None:
     fake.balance_exhausted = True
     with pytest.raises(FalAuthError) as err:
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     assert (err.value.status, err.value.balance_exhausted) == (403, True)
     assert fake.count("submit") == 1 and not fake.jobs
     assert "out of credit" in describe_failure(err.value)
@@ -305,7 +303,7 @@ async def test_submit_422_validation_issues(fake: FakeFal, client: FalClient) ->
     # model_construct skips our own validation so the fake's (fal-style) validator answers
     bad = KontextInput.model_construct(prompt="", image_urls=("https://img.invalid/a.png",), num_images=9)
     with pytest.raises(FalValidationError) as err:
-        await client.submit(bad)
+        await client.submit(ENDPOINT, bad.to_payload())
     assert err.value.status == 422 and not err.value.moderated
     issues = {(issue.field, issue.type) for issue in err.value.issues}
     assert issues == {("prompt", "string_too_short"), ("num_images", "less_than_equal")}
@@ -317,7 +315,7 @@ async def test_submit_422_validation_issues(fake: FakeFal, client: FalClient) ->
 async def test_submit_422_content_policy_is_moderated(fake: FakeFal, client: FalClient) -> None:
     fake.fail_next("submit", 422, {"detail": POLICY_DETAIL})
     with pytest.raises(FalValidationError) as err:
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     assert err.value.moderated
     assert [(i.field, i.type) for i in err.value.issues] == [("prompt", "content_policy_violation")]
     assert "safety filter" in describe_failure(err.value)
@@ -328,7 +326,7 @@ async def test_submit_429_retried_once_then_succeeds(
     fake: FakeFal, client: FalClient, backoffs: list[BackoffCall]
 ) -> None:
     fake.fail_next("submit", 429, {"detail": "Too many requests"}, headers={"Retry-After": "0.3"})
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     assert [r.status for r in fake.requests] == [429, 200]
     assert list(fake.jobs) == [handle.request_id]  # exactly one job
     (call,) = backoffs
@@ -341,7 +339,7 @@ async def test_submit_429_gives_up_after_max_attempts(
 ) -> None:
     fake.fail_next("submit", 429, {"detail": "Too many requests"}, times=10)
     with pytest.raises(FalRateLimited) as err:
-        await make_client(session, fake, max_attempts=3).submit(INPUT)
+        await make_client(session, fake, max_attempts=3).submit(ENDPOINT, PAYLOAD)
     assert err.value.status == 429 and err.value.retry_after is None
     assert fake.count("submit") == 3 and not fake.jobs
     assert [c.attempt for c in backoffs] == [1, 2]
@@ -351,7 +349,7 @@ async def test_submit_429_gives_up_after_max_attempts(
 
 async def test_submit_503_retried(fake: FakeFal, client: FalClient, backoffs: list[BackoffCall]) -> None:
     fake.fail_next("submit", 503, {"detail": "Service Unavailable"}, times=2)
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     assert [r.status for r in fake.requests] == [503, 503, 200]
     assert list(fake.jobs) == [handle.request_id]
     assert [c.attempt for c in backoffs] == [1, 2]
@@ -364,7 +362,7 @@ async def test_submit_other_5xx_not_retried(
     fake.fail_next("submit", status)
     fake.fail_next("submit", 200)  # would be answered normally if the client came back
     with pytest.raises(FalServerError) as err:
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     assert err.value.status == status
     assert fake.count("submit") == 1 and not fake.jobs and not backoffs
     assert "having trouble" in describe_failure(err.value)
@@ -378,7 +376,7 @@ async def test_submit_timeout_is_never_resent(fake: FakeFal, session: aiohttp.Cl
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(FalSubmitUnconfirmed) as err:
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     assert 0.25 <= loop.time() - start < 0.9
     assert_no_secret(err.value)
     assert "not sent again" in describe_failure(err.value)
@@ -393,7 +391,7 @@ async def test_submit_timeout_is_never_resent(fake: FakeFal, session: aiohttp.Cl
 async def test_submit_dropped_connection_is_never_resent(fake: FakeFal, client: FalClient) -> None:
     fake.fail_next("submit", 0, drop=True)
     with pytest.raises(FalSubmitUnconfirmed):
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     await asyncio.sleep(0.05)
     assert fake.count("submit") == 1 and not fake.jobs
 
@@ -403,7 +401,7 @@ async def test_submit_connection_refused_is_retried(
 ) -> None:
     client = make_client(session, f"http://127.0.0.1:{closed_port()}", max_attempts=3)
     with pytest.raises(FalConnectionError) as err:
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
     assert not isinstance(err.value, FalSubmitUnconfirmed)  # never connected: safe to retry
     assert [c.attempt for c in backoffs] == [1, 2]
     assert "127.0.0.1" in str(err.value)
@@ -413,7 +411,7 @@ async def test_submit_connection_refused_is_retried(
 async def test_submit_answer_without_request_id(fake: FakeFal, client: FalClient) -> None:
     fake.fail_next("submit", 200, {"status": "IN_QUEUE"})
     with pytest.raises(FalProtocolError, match="request_id"):
-        await client.submit(INPUT)
+        await client.submit(ENDPOINT, PAYLOAD)
 
 
 # -- watching ----------------------------------------------------------------------------------
@@ -422,7 +420,7 @@ async def test_submit_answer_without_request_id(fake: FakeFal, client: FalClient
 async def test_stream_dropped_midway_reconnects(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(JobScript(queue_positions=(2, 1, 0), progress_steps=1, step_seconds=0.02, hold=True))
     fake.fail_next("stream", 200, drop=True)  # sends the current status, then closes the connection
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     statuses = await collect(client, handle, release=fake)
     assert statuses[0] == Queued(2)
     assert statuses[-1] == Completed(inference_seconds=0.02)
@@ -437,7 +435,7 @@ async def test_stream_unavailable_falls_back_to_polling(fake: FakeFal, session: 
     fake.fail_next("stream", 404, {"detail": "Not Found"}, times=2)  # a reseller without /status/stream
     fake.fail_next("stream", 503)
     client = make_client(session, fake, stream_attempts=3)
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     statuses = await collect(client, handle, release=fake)
     assert statuses == [Queued(1), Queued(0), InProgress(("step 1/1",)), Completed(inference_seconds=0.1)]
     assert fake.count("stream") == 3
@@ -450,7 +448,7 @@ async def test_status_5xx_burst_survived_with_backoff(
 ) -> None:
     fake.add_script(JobScript(queue_positions=(0,), progress_steps=1, step_seconds=0.1, hold=True))
     client = make_client(session, fake, use_stream=False, poll_interval=0.02, poll_max_interval=0.1)
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("status", 503, times=2)
     fake.fail_next("status", 502, b"<html>502 Bad Gateway nginx</html>")
     fake.fail_next("status", 500)
@@ -468,7 +466,7 @@ async def test_status_5xx_burst_survived_with_backoff(
 async def test_status_non_retryable_error_ends_watch(fake: FakeFal, session: aiohttp.ClientSession) -> None:
     client = make_client(session, fake, use_stream=False)
     with pytest.raises(FalHTTPError) as err:
-        await collect(client, client.handle_for(UNKNOWN_ID))
+        await collect(client, client.handle_for(ENDPOINT, UNKNOWN_ID))
     assert type(err.value) is FalHTTPError and err.value.status == 404
     assert fake.count("status") == 1
     assert_no_secret(err.value)
@@ -477,7 +475,7 @@ async def test_status_non_retryable_error_ends_watch(fake: FakeFal, session: aio
 async def test_status_timeout_and_connection_errors(fake: FakeFal, session: aiohttp.ClientSession) -> None:
     fake.add_script(JobScript(hold=True))
     client = make_client(session, fake, request_timeout=0.2)
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.slow("status", 1.0)
     with pytest.raises(FalTimeout) as timed_out:
         await client.status(handle)
@@ -486,12 +484,12 @@ async def test_status_timeout_and_connection_errors(fake: FakeFal, session: aioh
 
     refused = make_client(session, f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(FalConnectionError) as err:
-        await refused.status(refused.handle_for(handle.request_id))
+        await refused.status(handle)
     assert_no_secret(err.value)
 
 
 async def test_status_not_json_is_protocol_error(fake: FakeFal, client: FalClient) -> None:
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("status", 200, b"<html>hello</html>")
     with pytest.raises(FalProtocolError) as err:
         await client.status(handle)
@@ -503,7 +501,7 @@ async def test_stream_that_keeps_closing_falls_back_to_polling(fake: FakeFal, se
     fake.add_script(JobScript(hold=True))
     fake.fail_next("stream", 200, drop=True, times=30)  # a proxy that ends the SSE response after one event
     client = make_client(session, fake, stream_attempts=3)
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     watcher = asyncio.create_task(collect(client, handle))
     await asyncio.sleep(0.3)
     fake.release(handle.request_id)
@@ -519,7 +517,7 @@ async def test_stream_that_keeps_closing_falls_back_to_polling(fake: FakeFal, se
 async def test_moderated_result(fake: FakeFal, client: FalClient) -> None:
     outcome = Outcome(kind="error", error_type="content_policy_violation", result_body={"detail": POLICY_DETAIL})
     fake.add_script(instant(outcome))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     (done,) = await collect(client, handle)
     assert isinstance(done, Completed) and done.error_type == "content_policy_violation"
     with pytest.raises(FalRequestFailed) as err:
@@ -536,7 +534,7 @@ async def test_completed_with_error_and_result_422(fake: FakeFal, client: FalCli
         kind="error", status_error="Image too large", error_type="image_too_large", result_body={"detail": detail}
     )
     fake.add_script(JobScript(queue_positions=(0,), progress_steps=1, step_seconds=0.02, outcome=outcome))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     statuses = await collect(client, handle)
     assert statuses[-1] == Completed(error="Image too large", error_type="image_too_large", inference_seconds=0.02)
     with pytest.raises(FalRequestFailed) as err:
@@ -553,7 +551,7 @@ async def test_infra_failure_result_is_not_retried(fake: FakeFal, client: FalCli
         kind="error", status_error="Runner disconnected", error_type="runner_disconnected", result_status=503
     )
     fake.add_script(instant(outcome))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     with pytest.raises(FalRequestFailed) as err:
         await client.result(handle)
     assert (err.value.status, err.value.error_type) == (503, "runner_disconnected")
@@ -562,7 +560,7 @@ async def test_infra_failure_result_is_not_retried(fake: FakeFal, client: FalCli
 
 async def test_bare_5xx_on_result_is_retried(fake: FakeFal, client: FalClient, backoffs: list[BackoffCall]) -> None:
     fake.add_script(instant())
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("result", 502, b"<html>502 Bad Gateway nginx</html>")
     output = await client.result(handle)
     assert len(output.images) == 1
@@ -573,7 +571,7 @@ async def test_bare_5xx_on_result_is_retried(fake: FakeFal, client: FalClient, b
 async def test_rate_limited_result_is_retried(fake: FakeFal, client: FalClient, backoffs: list[BackoffCall]) -> None:
     """Regression: a 429 on the result GET is the gateway's, not the job's; the job must not be reported failed."""
     fake.add_script(instant())
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("result", 429, {"detail": "Too many requests"}, headers={"Retry-After": "0.01"})
     output = await client.result(handle)
     assert len(output.images) == 1
@@ -583,7 +581,7 @@ async def test_rate_limited_result_is_retried(fake: FakeFal, client: FalClient, 
 
 async def test_request_timeout_408_on_result_is_retried(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(instant())
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("result", 408, {"detail": "Request Timeout"})
     output = await client.result(handle)
     assert len(output.images) == 1
@@ -601,7 +599,7 @@ async def test_request_timeout_408_on_result_is_retried(fake: FakeFal, client: F
 )
 async def test_malformed_result_is_protocol_error(fake: FakeFal, client: FalClient, fault: dict[str, Any]) -> None:
     fake.add_script(instant())
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     fake.fail_next("result", 200, fault["body"])
     with pytest.raises(FalProtocolError) as err:
         await client.result(handle)
@@ -620,7 +618,7 @@ async def test_raw_result_with_extra_keys_is_accepted(fake: FakeFal, client: Fal
         "request": {"prompt": "p", "image_urls": ["u"]},  # resellers echo the input
     }
     fake.add_script(instant(Outcome(raw_result=raw)))
-    output = await client.result(await client.submit(INPUT))
+    output = await client.result(await client.submit(ENDPOINT, PAYLOAD))
     assert output.images[0].url == "https://v3.fal.media/files/x.jpg"
     assert output.images[0].content_type == "image/jpeg"  # default when fal leaves it out
 
@@ -632,7 +630,7 @@ async def test_download_from_unexpected_host_is_refused(fake: FakeFal, client: F
     async with FakeFal(key=KEY) as elsewhere:
         port = elsewhere.base_url.rsplit(":", 1)[1]
         fake.add_script(instant(Outcome(result_host=f"http://localhost:{port}")))
-        output = await client.result(await client.submit(INPUT))
+        output = await client.result(await client.submit(ENDPOINT, PAYLOAD))
         url = output.images[0].url
         assert url.startswith(f"http://localhost:{port}/files/")
         with pytest.raises(FalProtocolError, match="unexpected host") as err:
@@ -661,7 +659,7 @@ async def test_download_oversized_is_refused(fake: FakeFal, session: aiohttp.Cli
     big = padded_png(5000)
     fake.add_script(instant(Outcome(image_bytes=big)))
     client = make_client(session, fake, max_download_bytes=4999)
-    output = await client.result(await client.submit(INPUT))
+    output = await client.result(await client.submit(ENDPOINT, PAYLOAD))
     with pytest.raises(FalProtocolError, match="larger than 4999 bytes") as err:
         await client.download(output.images[0].url)
     assert fake.count("file") == 1  # not retried
@@ -673,7 +671,7 @@ async def test_download_oversized_is_refused(fake: FakeFal, session: aiohttp.Cli
 async def test_download_large_image_is_complete(fake: FakeFal, client: FalClient) -> None:
     big = padded_png(3_000_000)  # many network chunks
     fake.add_script(instant(Outcome(image_bytes=big)))
-    output = await client.result(await client.submit(INPUT))
+    output = await client.result(await client.submit(ENDPOINT, PAYLOAD))
     download = await client.download(output.images[0].url)
     assert len(download.data) == len(big)
     assert download.data == big
@@ -716,7 +714,7 @@ async def test_download_limit_without_content_length(session: aiohttp.ClientSess
 
 async def test_download_missing_file_is_http_error(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(instant())
-    output = await client.result(await client.submit(INPUT))
+    output = await client.result(await client.submit(ENDPOINT, PAYLOAD))
     with pytest.raises(FalHTTPError) as err:
         await client.download(output.images[0].url.replace("/0.png", "/3.png"))
     assert err.value.status == 404
@@ -736,7 +734,7 @@ async def test_download_data_uri(session: aiohttp.ClientSession) -> None:
 
 async def test_cancel_queued_then_already_completed_then_unknown(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(JobScript(hold=True))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     assert await client.cancel(handle) is True
     assert fake.jobs[handle.request_id].cancelled_in_queue
     (done,) = await collect(client, handle)
@@ -749,7 +747,7 @@ async def test_cancel_queued_then_already_completed_then_unknown(fake: FakeFal, 
     assert await client.cancel(handle) is False  # ALREADY_COMPLETED
 
     with pytest.raises(FalHTTPError) as err:
-        await client.cancel(client.handle_for(UNKNOWN_ID))
+        await client.cancel(client.handle_for(ENDPOINT, UNKNOWN_ID))
     assert type(err.value) is FalHTTPError and err.value.status == 404
     assert err.value.summary == "NOT_FOUND"
     assert_no_secret(err.value)
@@ -759,7 +757,7 @@ async def test_cancel_queued_then_already_completed_then_unknown(fake: FakeFal, 
 
 async def test_cancel_running_job_still_completes(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(JobScript(queue_positions=(), progress_steps=2, step_seconds=0.05))
-    handle = await client.submit(INPUT)
+    handle = await client.submit(ENDPOINT, PAYLOAD)
     assert await client.cancel(handle) is True
     statuses = await collect(client, handle)
     assert statuses[-1] == Completed(inference_seconds=0.1)
@@ -774,12 +772,10 @@ async def test_reseller_urls_are_rewritten_onto_the_base(session: aiohttp.Client
         reseller.default_script = JobScript(queue_positions=(1, 0), progress_steps=1, step_seconds=0.02)
         client = make_client(session, reseller)
         async with asyncio.timeout(5):
-            handle = await client.submit(INPUT)
+            handle = await client.submit(ENDPOINT, PAYLOAD)
             advertised = reseller.jobs[handle.request_id].response_url
             assert advertised == f"https://queue.fal.run/{APP}/requests/{handle.request_id}"
-            root = f"{reseller.base_url}/{APP}/requests/{handle.request_id}"
-            assert urls(handle) == (handle.request_id, f"{root}/status", root, f"{root}/cancel")
-            assert urls(client.handle_for(handle.request_id)) == urls(handle)
+            assert handle == client.handle_for(ENDPOINT, handle.request_id)
 
             assert isinstance((await collect(client, handle))[-1], Completed)
             assert isinstance(await client.status(handle), Completed)
@@ -787,7 +783,7 @@ async def test_reseller_urls_are_rewritten_onto_the_base(session: aiohttp.Client
             await client.download(output.images[0].url)
             assert await client.cancel(handle) is False
             polling = make_client(session, reseller, use_stream=False)
-            assert isinstance((await collect(polling, await polling.submit(INPUT)))[-1], Completed)
+            assert isinstance((await collect(polling, await polling.submit(ENDPOINT, PAYLOAD)))[-1], Completed)
         kinds = {r.kind for r in reseller.requests}
         assert kinds == {"submit", "stream", "status", "result", "cancel", "file"}
         assert all(r.status in (200, 202, 400) for r in reseller.requests)
@@ -798,13 +794,13 @@ async def test_bearer_auth_on_every_request_kind(session: aiohttp.ClientSession)
     async with FakeFal(key=token, auth_scheme="Bearer") as reseller:
         reseller.default_script = JobScript(queue_positions=(0,), progress_steps=1, step_seconds=0.02)
         client = make_client(session, reseller, key=token, auth_scheme="Bearer")
-        handle = await client.submit(INPUT)
+        handle = await client.submit(ENDPOINT, PAYLOAD)
         assert isinstance((await collect(client, handle))[-1], Completed)
         assert isinstance(await client.status(handle), Completed)
         output = await client.result(handle)
         await client.download(output.images[0].url)
         reseller.add_script(JobScript(hold=True))
-        assert await client.cancel(await client.submit(INPUT)) is True
+        assert await client.cancel(await client.submit(ENDPOINT, PAYLOAD)) is True
 
         kinds = {r.kind for r in reseller.requests}
         assert kinds == {"submit", "stream", "status", "result", "cancel", "file"}
@@ -813,7 +809,7 @@ async def test_bearer_auth_on_every_request_kind(session: aiohttp.ClientSession)
         assert all(r.status in (200, 202) for r in reseller.requests)
 
         with pytest.raises(FalAuthError) as err:  # the fal scheme is refused by a Bearer reseller
-            await make_client(session, reseller, key=token, auth_scheme="Key").submit(INPUT)
+            await make_client(session, reseller, key=token, auth_scheme="Key").submit(ENDPOINT, PAYLOAD)
         assert err.value.status == 401
         assert_no_secret(err.value, token)
 
@@ -821,46 +817,65 @@ async def test_bearer_auth_on_every_request_kind(session: aiohttp.ClientSession)
 # -- handles rebuilt from a stored request id --------------------------------------------------
 
 
-async def test_handle_for_rebuilds_app_root_urls(fake: FakeFal, client: FalClient) -> None:
+async def test_handle_for_rebuilds_a_stored_job(fake: FakeFal, client: FalClient) -> None:
     fake.add_script(instant())
-    handle = await client.submit(INPUT)
-    rebuilt = client.handle_for(handle.request_id)
-    assert urls(rebuilt) == urls(handle)
-    assert rebuilt.response_url == f"{fake.base_url}/{APP}/requests/{handle.request_id}"
+    handle = await client.submit(ENDPOINT, PAYLOAD)
+    rebuilt = client.handle_for(f"/{ENDPOINT}/", handle.request_id)
+    assert rebuilt == QueueHandle(ENDPOINT, handle.request_id)
     assert isinstance(await client.status(rebuilt), Completed)
     assert len((await client.result(rebuilt)).images) == 1
+    assert await client.cancel(rebuilt) is False
+    root = f"/{APP}/requests/{handle.request_id}"
+    assert paths(fake) == {f"{root}/status", root, f"{root}/cancel"}
 
 
 @pytest.mark.parametrize(
-    ("base", "expected_root"),
+    ("endpoint", "root"),
     [
-        ("https://queue.fal.run", "https://queue.fal.run/fal-ai/flux-pro/requests/abc"),
-        ("https://queue.fal.run/", "https://queue.fal.run/fal-ai/flux-pro/requests/abc"),
-        ("https://reseller.example/fal/", "https://reseller.example/fal/fal-ai/flux-pro/requests/abc"),
+        ("fal-ai/flux-pro/kontext/max/multi", "fal-ai/flux-pro"),
+        ("/fal-ai/flux-pro/kontext/max/multi/", "fal-ai/flux-pro"),
+        ("fal-ai/flux-pro", "fal-ai/flux-pro"),
+        ("workflows/someone/my-flow/sub", "workflows/someone/my-flow"),
+        ("comfy/someone/graph", "comfy/someone/graph"),
     ],
 )
-async def test_handle_for_with_path_prefix(session: aiohttp.ClientSession, base: str, expected_root: str) -> None:
-    client = make_client(session, base, endpoint="/fal-ai/flux-pro/kontext/max/multi/")
-    assert client.endpoint == ENDPOINT and client.app_root == APP
-    handle = client.handle_for("abc")
-    assert urls(handle) == ("abc", f"{expected_root}/status", expected_root, f"{expected_root}/cancel")
+def test_app_root(endpoint: str, root: str) -> None:
+    assert app_root(endpoint) == root
 
 
-async def test_handle_for_namespaced_endpoint(fake: FakeFal, session: aiohttp.ClientSession) -> None:
+async def test_urls_follow_a_base_with_a_path_prefix(session: aiohttp.ClientSession) -> None:
+    """A reseller mounted under a path (`https://reseller.example/fal/`) gets every URL under that path."""
+    async with FakeFal(key=KEY, path_prefix="/fal") as reseller:
+        reseller.default_script = instant()
+        client = make_client(session, reseller.base_url + "/")
+        handle = await client.submit(ENDPOINT, PAYLOAD)
+        assert isinstance((await collect(client, handle))[-1], Completed)
+        assert isinstance(await client.status(handle), Completed)
+        assert len((await client.result(handle)).images) == 1
+        assert await client.cancel(handle) is False
+        root = f"/fal/{APP}/requests/{handle.request_id}"
+        assert {r.path for r in reseller.requests} == {
+            f"/fal/{ENDPOINT}",
+            f"{root}/status/stream",
+            f"{root}/status",
+            root,
+            f"{root}/cancel",
+        }
+        assert all(r.status in (200, 400) for r in reseller.requests)
+
+
+async def test_handle_for_namespaced_endpoint(fake: FakeFal, client: FalClient) -> None:
     """Regression: `workflows`/`comfy` apps keep three path segments in their app root, like fal's own clients."""
-    client = make_client(session, fake, endpoint="workflows/someone/my-flow")
-    handle = await client.submit(INPUT)
-    assert handle.status_url.startswith(f"{fake.base_url}/workflows/someone/my-flow/requests/")
-    assert client.app_root == "workflows/someone/my-flow"
-    assert urls(client.handle_for(handle.request_id)) == urls(handle)
-    assert isinstance(await client.status(client.handle_for(handle.request_id)), Queued | InProgress | Completed)
+    handle = await client.submit("workflows/someone/my-flow", PAYLOAD)
+    assert isinstance(await client.status(client.handle_for("workflows/someone/my-flow", handle.request_id)), Queued)
+    assert paths(fake) == {f"/workflows/someone/my-flow/requests/{handle.request_id}/status"}
 
 
 async def test_streams_beyond_the_cap_poll_instead(fake: FakeFal, session: aiohttp.ClientSession) -> None:
     client = make_client(session, fake, max_streams=1)
     for _ in range(2):
         fake.add_script(JobScript(queue_positions=(1, 0), progress_steps=1, step_seconds=0.05))
-    handles = [await client.submit(INPUT) for _ in range(2)]
+    handles = [await client.submit(ENDPOINT, PAYLOAD) for _ in range(2)]
 
     results = await asyncio.gather(*(collect(client, handle) for handle in handles))
 
@@ -874,11 +889,11 @@ async def test_a_submit_that_never_got_a_connection_is_not_unconfirmed(fake: Fak
     async with aiohttp.ClientSession(connector=connector) as tight:
         client = make_client(tight, fake, request_timeout=0.2, max_attempts=1)
         fake.slow("submit", 1.0)
-        first = asyncio.create_task(client.submit(INPUT))  # holds the only connection for a second
+        first = asyncio.create_task(client.submit(ENDPOINT, PAYLOAD))  # holds the only connection for a second
         await asyncio.sleep(0.05)
 
         with pytest.raises(FalConnectionError) as caught:
-            await client.submit(INPUT)
+            await client.submit(ENDPOINT, PAYLOAD)
 
         assert not isinstance(caught.value, FalSubmitUnconfirmed)  # never sent, so safe to say so
         await first
@@ -889,7 +904,7 @@ async def test_a_finished_watch_frees_its_stream_at_once(fake: FakeFal, session:
     client = make_client(session, fake, max_streams=1)
     for _ in range(2):
         fake.add_script(JobScript(queue_positions=(0,), progress_steps=1, step_seconds=0.02))
-        handle = await client.submit(INPUT)
+        handle = await client.submit(ENDPOINT, PAYLOAD)
         async with aclosing(client.watch(handle)) as statuses:
             async for status in statuses:
                 if isinstance(status, Completed):

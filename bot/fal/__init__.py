@@ -1,6 +1,6 @@
 """fal queue client: no Discord imports here."""
 
-from .client import Download, FalClient, FalClientOptions
+from .client import Download, FalClient, FalClientOptions, app_root
 from .errors import (
     FalAuthError,
     FalConnectionError,
@@ -58,4 +58,5 @@ __all__ = (
     "Queued",
     "SafetyTolerance",
     "ValidationIssue",
+    "app_root",
 )

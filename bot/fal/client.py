@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,10 +30,10 @@ from .errors import (
     FalTimeout,
     http_error,
 )
-from .models import Completed, KontextInput, KontextOutput, QueueHandle, QueueStatus, parse_status
+from .models import Completed, KontextOutput, QueueHandle, QueueStatus, parse_status
 from .retry import backoff_delay, retryable_read, retryable_submit
 
-__all__ = ("Download", "FalClient", "FalClientOptions")
+__all__ = ("Download", "FalClient", "FalClientOptions", "app_root")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,41 +68,35 @@ class FalClient:
     """submit → watch (SSE, falling back to polling) → result → download, plus cancel."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, key: SecretStr, base_url: str, endpoint: str, options: FalClientOptions
+        self, session: aiohttp.ClientSession, *, key: SecretStr, base_url: str, options: FalClientOptions
     ) -> None:
         self._session = session
         self._key = key
         self._base = URL(base_url.rstrip("/"))
-        self.endpoint = endpoint.strip("/")
         self._options = options
         self._streams = asyncio.Semaphore(options.max_streams)
 
     # --- queue operations -------------------------------------------------------------------
 
-    async def submit(self, request: KontextInput) -> QueueHandle:
+    async def submit(self, endpoint: str, payload: Mapping[str, Any]) -> QueueHandle:
         """Put a job in fal's queue. Raises `FalSubmitUnconfirmed` when fal may have taken it."""
+        endpoint = endpoint.strip("/")
         headers = {}
         if self._options.start_timeout:
             headers["X-Fal-Request-Timeout"] = f"{self._options.start_timeout:.1f}"
         body = await self._with_retries(
-            lambda: self._send("POST", self._join(self.endpoint), json_body=request.to_payload(), headers=headers),
+            lambda: self._send("POST", self._join(endpoint), json_body=dict(payload), headers=headers),
             retryable_submit,
         )
-        return self._handle_from(body)
+        return self._handle_from(endpoint, body)
 
-    def handle_for(self, request_id: str) -> QueueHandle:
-        """Rebuild a handle from a stored request id, on the app root like fal's own clients."""
-        root = self._join(f"{self.app_root}/requests/{request_id}")
-        return QueueHandle(request_id, f"{root}/status", str(root), f"{root}/cancel")
-
-    @property
-    def app_root(self) -> str:
-        """`owner/alias` of the endpoint: fal serves status and results there, without the sub-path."""
-        parts = self.endpoint.split("/")
-        return "/".join(parts[: 3 if parts[0] in NAMESPACES else 2])
+    @staticmethod
+    def handle_for(endpoint: str, request_id: str) -> QueueHandle:
+        """A handle for a stored request id."""
+        return QueueHandle(endpoint.strip("/"), request_id)
 
     async def status(self, handle: QueueHandle) -> QueueStatus:
-        return parse_status(await self._send("GET", URL(handle.status_url).update_query(logs="1")))
+        return parse_status(await self._send("GET", self._request_url(handle, "status").update_query(logs="1")))
 
     async def watch(self, handle: QueueHandle) -> AsyncGenerator[QueueStatus, None]:
         """Yield each new status until `Completed`. Use it in `contextlib.aclosing` to free its stream at once."""
@@ -127,16 +121,23 @@ class FalClient:
         async for status in self._poll_statuses(handle):
             yield status
 
-    async def result(self, handle: QueueHandle) -> KontextOutput:
-        """Fetch the output of a completed job; a failed job raises `FalRequestFailed`."""
-        fetch = lambda: self._send("GET", URL(handle.response_url), result=True)  # noqa: E731
-        body = await self._with_retries(fetch, retryable_read)
-        return KontextOutput.from_payload(body)
+    async def result(self, handle: QueueHandle, *, max_images: int | None = None) -> KontextOutput:
+        """Fetch the output of a completed job; a failed job raises `FalRequestFailed`.
+
+        With `max_images`, extra images (fal or a reseller ignoring `num_images`) are dropped and logged."""
+        fetch = lambda: self._send("GET", self._request_url(handle), result=True)  # noqa: E731
+        output = KontextOutput.from_payload(await self._with_retries(fetch, retryable_read))
+        if max_images is not None and len(output.images) > max_images:
+            log.warning(
+                "fal returned %d images for request %s; keeping %d", len(output.images), handle.request_id, max_images
+            )
+            output = output.first(max_images)
+        return output
 
     async def cancel(self, handle: QueueHandle) -> bool:
         """Ask fal to cancel. True if accepted (a running job may still finish), False if already done."""
         try:
-            await self._with_retries(lambda: self._send("PUT", URL(handle.cancel_url)), retryable_read)
+            await self._with_retries(lambda: self._send("PUT", self._request_url(handle, "cancel")), retryable_read)
         except FalHTTPError as exc:
             if exc.status == 400 and "ALREADY_COMPLETED" in exc.summary:
                 return False
@@ -157,9 +158,10 @@ class FalClient:
     async def _stream_statuses(self, handle: QueueHandle) -> AsyncIterator[QueueStatus]:
         """Follow `/status/stream`; reconnect a few times, then give up quietly so polling takes over."""
         failures, last = 0, None
+        url = self._request_url(handle, "status/stream").update_query(logs="1")
         while failures < self._options.stream_attempts:
             try:
-                async for status in self._read_stream(URL(f"{handle.status_url}/stream").update_query(logs="1")):
+                async for status in self._read_stream(url):
                     if status != last:  # only progress earns more reconnects: a stream cut after
                         failures, last = 0, status  # every event must not loop forever
                     yield status
@@ -283,31 +285,30 @@ class FalClient:
     def _join(self, path: str) -> URL:
         return self._base.with_path(f"{self._base.path.rstrip('/')}/{path.lstrip('/')}", encoded=False)
 
-    def _onto_base(self, url: str) -> str:
-        """Move a URL fal returned onto our configured base: a reseller passes fal's envelope through
-        unchanged, and our key must never travel to another host."""
-        target = URL(url)
-        if target.origin() == self._base.origin() and target.path.startswith(self._base.path.rstrip("/") + "/"):
-            return str(target)
-        return str(self._join(target.path).with_query(target.query))
+    def _request_url(self, handle: QueueHandle, suffix: str = "") -> URL:
+        """`{base}/{app root}/requests/{id}[/suffix]`, always on the configured base."""
+        path = f"{app_root(handle.endpoint)}/requests/{handle.request_id}"
+        return self._join(f"{path}/{suffix}" if suffix else path)
 
-    def _handle_from(self, body: Any) -> QueueHandle:
+    @staticmethod
+    def _handle_from(endpoint: str, body: Any) -> QueueHandle:
+        """Only the request id of the answer is used: its URLs are ignored (a reseller passes fal's on)."""
         if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
             raise FalProtocolError("submit answer without a request_id")
-        fallback = self.handle_for(body["request_id"])
-        return QueueHandle(
-            request_id=body["request_id"],
-            status_url=self._onto_base(body.get("status_url") or fallback.status_url),
-            response_url=self._onto_base(body.get("response_url") or fallback.response_url),
-            cancel_url=self._onto_base(body.get("cancel_url") or fallback.cancel_url),
-            queue_position=body["queue_position"] if isinstance(body.get("queue_position"), int) else None,
-        )
+        position = body.get("queue_position")
+        return QueueHandle(endpoint, body["request_id"], position if isinstance(position, int) else None)
 
     def _allowed_result_host(self, url: URL) -> bool:
         host = (url.host or "").lower()
         return url.scheme in ("https", "http") and any(
             host == allowed or host.endswith("." + allowed) for allowed in self._options.result_hosts
         )
+
+
+def app_root(endpoint: str) -> str:
+    """`owner/alias` of an endpoint: fal serves status and results there, without the sub-path."""
+    parts = endpoint.strip("/").split("/")
+    return "/".join(parts[: 3 if parts[0] in NAMESPACES else 2])
 
 
 async def _sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -6,7 +6,7 @@ Pydantic sits at the JSON edge only; the rest of the bot sees these typed values
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -81,19 +81,25 @@ class KontextOutput(BaseModel):
         except ValidationError as exc:
             raise FalProtocolError(f"unexpected result shape: {exc.error_count()} problem(s)") from None
 
+    def first(self, count: int) -> KontextOutput:
+        """At most `count` images, with `has_nsfw_concepts` cut to stay aligned with them."""
+        kept = {"images": self.images[:count], "has_nsfw_concepts": self.has_nsfw_concepts[:count]}
+        return self.model_copy(update=kept)
+
     def is_nsfw(self, index: int) -> bool:
         return index < len(self.has_nsfw_concepts) and self.has_nsfw_concepts[index]
 
 
 @dataclass(frozen=True, slots=True)
 class QueueHandle:
-    """What a submit returns: the request id and the URLs to follow it (already rewritten onto our base)."""
+    """What identifies a queued job: the endpoint it was submitted to and fal's request id.
 
+    No URL is kept: the client builds each one from its configured base on every use, so a stored
+    handle follows a changed `FAL_QUEUE_URL` and nothing fal sent can redirect our key."""
+
+    endpoint: str
     request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
-    queue_position: int | None = None  # as of the submit; not kept
+    queue_position: int | None = field(default=None, compare=False)  # as of the submit; not part of its identity
 
 
 @dataclass(frozen=True, slots=True)

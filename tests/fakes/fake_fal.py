@@ -189,8 +189,10 @@ class FakeFal:
         auth_scheme: str = "Key",
         advertised_base: str | None = None,
         ping_interval: float = 0.05,
+        path_prefix: str = "",
     ) -> None:
         self.key = key
+        self.path_prefix = path_prefix.rstrip("/")  # serve under `/prefix/...`, like a reseller mounted on a path
         self.auth_scheme = auth_scheme
         self.advertised_base = advertised_base
         self.ping_interval = ping_interval
@@ -215,7 +217,7 @@ class FakeFal:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self._base_url = f"http://{host}:{port}"
+        self._base_url = f"http://{host}:{port}{self.path_prefix}"
 
     async def close(self) -> None:
         self._closing.set()  # ends fault delays and SSE loops
@@ -292,7 +294,7 @@ class FakeFal:
     # -- request handling ------------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        route = parse_route(request.method, request.path)
+        route = self._route(request)
         raw = await request.read()
         rec = Recorded(
             method=request.method,
@@ -307,6 +309,12 @@ class FakeFal:
         resp = await self._answer(request, route, raw)
         rec.status = DROPPED if resp is None else resp.status
         return web.Response() if resp is None else resp
+
+    def _route(self, request: web.Request) -> _Route:
+        path = request.path
+        if not path.startswith(self.path_prefix + "/"):
+            return _Route("unknown")
+        return parse_route(request.method, path[len(self.path_prefix) :])
 
     async def _answer(self, request: web.Request, route: _Route, raw: bytes) -> web.StreamResponse | None:
         fault = self._take_fault(route.kind)
