@@ -88,12 +88,13 @@ class FalClient:
         """Put a job in fal's queue, within `submit_timeout` overall.
 
         Raises `FalSubmitUnconfirmed` when fal may have taken the job but gave us no usable request id."""
-        url = self._urls.submit(endpoint)  # a bad endpoint fails here, before anything is sent
+        endpoint = check_endpoint(endpoint)  # a bad endpoint fails here, before anything is sent
+        url = self._urls.submit(endpoint)
         headers = {}
         if self._options.start_timeout:
             headers["X-Fal-Request-Timeout"] = f"{self._options.start_timeout:.1f}"
         body = dict(payload)
-        send = lambda left: self._submit_once(check_endpoint(endpoint), url, body, headers, left)  # noqa: E731
+        send = lambda left: self._submit_once(endpoint, url, body, headers, left)  # noqa: E731
         return await self._with_retries(send, retryable_submit, seconds=self._options.submit_timeout, overall=True)
 
     @staticmethod
@@ -267,7 +268,11 @@ class FalClient:
         headers: Mapping[str, str] | None = None,
         result: bool = False,
     ) -> Any:
-        """One JSON exchange, all of it (connect, send, every byte of the answer) within `seconds`."""
+        """One JSON exchange, all of it (connect, send, every byte of the answer) within `seconds`.
+
+        A submit cut by `seconds` is unconfirmed even if it was still connecting: from outside aiohttp the two
+        cannot be told apart, and "maybe taken" is the side that never bills twice. aiohttp's own connect
+        timeout (at most `request_timeout`) usually fires first and is reported as the safe-to-retry failure."""
         connect = aiohttp.ClientTimeout(total=None, connect=min(seconds, self._options.request_timeout))
         limit = self._options.max_response_bytes
         try:
