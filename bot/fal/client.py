@@ -282,7 +282,7 @@ class FalClient:
             ):
                 if resp.status >= 300:
                     raise http_error(resp.status, await _error_body(resp, limit), resp.headers, during_result=result)
-                return loads_json(await _read_body(resp, limit), "fal's answer")
+                return await _json_answer(resp, limit)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # nothing was sent
             raise FalConnectionError(f"no connection to {url.host} ({type(exc).__name__})") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -346,7 +346,14 @@ def _retry_delay(attempt: int, exc: FalError, *, base: float, cap: float) -> flo
     return backoff_delay(attempt, base=base, cap=cap, retry_after=retry_after)
 
 
-async def _read_body(response: aiohttp.ClientResponse, limit: int, what: str = "fal's answer") -> bytes:
+async def _json_answer(response: aiohttp.ClientResponse, limit: int) -> Any:
+    try:
+        return loads_json(await _read_body(response, limit), "answer")
+    except FalProtocolError as exc:
+        raise FalProtocolError(f"{exc} (HTTP {response.status})") from None
+
+
+async def _read_body(response: aiohttp.ClientResponse, limit: int, what: str = "answer") -> bytes:
     if (response.content_length or 0) > limit:
         raise FalProtocolError(f"{what} larger than {limit} bytes")
     return await read_capped(response.content.iter_chunked(CHUNK), limit, what)

@@ -32,9 +32,13 @@ def loads_json(raw: bytes, what: str) -> Any:
     if not raw.strip():
         return None
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise FalProtocolError(f"{what} is not UTF-8 JSON ({type(exc).__name__})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FalProtocolError(f"{what} is not UTF-8") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser itself
+        raise FalProtocolError(f"{what} is not JSON") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise FalProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
