@@ -1,22 +1,24 @@
 """Errors raised by the fal queue client: every failure, whatever fal sent, is one of these.
 
 FalError
-├── FalHTTPError                 any non-2xx answer (status, detail, error_type), 3xx included: never followed
+├── FalHTTPError                 a non-2xx answer (status, detail, error_type); a queue 3xx too: never followed
 │   ├── FalAuthError             401 / 403 (bad key, locked account, exhausted balance)
 │   ├── FalValidationError       422 (detail list; content policy is one kind)
 │   ├── FalRateLimited           429
 │   ├── FalServerError           5xx
 │   └── FalRequestFailed         the job ran and failed (COMPLETED with error, or result endpoint error)
 ├── FalProtocolError             an answer we cannot use: not JSON or not UTF-8, the wrong shape, larger than
-│   │                            `max_response_bytes`, an SSE line or event over that cap, a bad data URI.
-│   │                            While a job is watched these are retried: they never end it on their own
-│   └── FalUnsafeURL             a URL we refuse before sending anything: a queue URL off FAL_QUEUE_URL or
-│                                built from a hostile request id / endpoint; a result file off the allowed
-│                                hosts, over plain http, or answering with a redirect
+│   │                            `max_response_bytes`, an SSE line or event over that cap; a result image over
+│   │                            `max_download_bytes` or a bad data URI. While a job is watched these are
+│   │                            retried: they never end it on their own
+│   └── FalUnsafeURL             a URL we refuse to call: a queue URL off FAL_QUEUE_URL or built from a hostile
+│                                request id / endpoint (nothing is sent); a result file off the allowed hosts or
+│                                over plain http (nothing is sent), or one answering with a redirect (not followed)
 ├── FalConnectionError           the request never got an answer (connect/read failure)
 │   └── FalSubmitUnconfirmed     a submit fal may have taken but that gave us no usable request id (no answer,
 │                                deadline hit mid-answer, garbage answer): never resent, never assumed lost
-└── FalTimeout                   our own deadline for a status, result or cancel call ran out
+└── FalTimeout                   our own deadline ran out: a status, result, cancel or download exchange, or
+                                 a status stream silent for `request_timeout` (a submit's is unconfirmed)
 """
 
 from __future__ import annotations
