@@ -32,6 +32,7 @@ def fal_client(session: aiohttp.ClientSession, settings: Settings) -> FalClient:
         use_stream=settings.use_status_stream,
         max_streams=settings.max_status_streams,
         result_hosts=settings.fal_result_hosts,
+        result_allow_http=settings.fal_result_allow_http,
         max_download_bytes=settings.max_result_bytes,
     )
     return FalClient(session, key=settings.fal_key, base_url=settings.fal_queue_url, options=options)

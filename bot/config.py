@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from bot.log import LogFormat
 __all__ = ("ConfigError", "Settings", "load_settings")
 
 DISCORD_API_V10 = "https://discord.com/api/v10"
+_ENDPOINT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
 
 
 class ConfigError(Exception):
@@ -36,9 +38,10 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_auth_scheme: Literal["Key", "Bearer"] = "Key"
     fal_endpoint: str = "fal-ai/flux-pro/kontext/max/multi"
-    fal_result_hosts: Annotated[tuple[str, ...], NoDecode] = (
-        "fal.media", "v3.fal.media", "v3b.fal.media", "storage.googleapis.com",
-    )  # fmt: skip
+    # Where result images may be downloaded from: `host` or `host:port`; a name also covers its subdomains
+    # (v3.fal.media, v3b.fal.media, ...); without a port only the scheme's default port is allowed.
+    fal_result_hosts: Annotated[tuple[str, ...], NoDecode] = ("fal.media",)
+    fal_result_allow_http: bool = False  # plain-http result files; meant for tests against a local fake
     fal_start_timeout_seconds: float = Field(default=900.0, gt=1)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     poll_max_interval_seconds: float = Field(default=10.0, gt=0)
@@ -90,6 +93,14 @@ class Settings(BaseSettings):
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
 
+    @field_validator("fal_result_hosts")
+    @classmethod
+    def _plain_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = tuple(host.strip().lower() for host in value)
+        if any(not host or any(c in host for c in "/@?# ") for host in hosts):
+            raise ValueError("entries must be host or host:port, without scheme or path")
+        return hosts
+
     @field_validator("fal_queue_url", "discord_api_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -108,8 +119,8 @@ class Settings(BaseSettings):
     @classmethod
     def _endpoint_has_owner_and_alias(cls, value: str) -> str:
         value = value.strip("/")
-        if value.count("/") < 1:
-            raise ValueError("must look like owner/alias[/path]")
+        if not _ENDPOINT.fullmatch(value) or any(part.strip(".") == "" for part in value.split("/")):
+            raise ValueError("must look like owner/alias[/path] of letters, digits, '.', '_' and '-'")
         return value
 
 

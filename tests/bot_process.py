@@ -24,7 +24,8 @@ def bot_environment(discord: FakeDiscord, fal: FakeFal, database: Path, **extra:
         "DISCORD_TOKEN": DISCORD_TOKEN,
         "FAL_KEY": FAL_KEY,
         "FAL_QUEUE_URL": fal.base_url,
-        "FAL_RESULT_HOSTS": json.dumps(["127.0.0.1"]),
+        "FAL_RESULT_HOSTS": json.dumps([fal.authority]),
+        "FAL_RESULT_ALLOW_HTTP": "true",  # the fake fal serves result files over http
         "DISCORD_API_URL": discord.api_url,
         "DISCORD_GATEWAY_URL": discord.gateway_url,
         "DATABASE_PATH": str(database),

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -33,6 +34,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "discord_token": DISCORD_TOKEN,
             "fal_key": FAL_KEY,
             "fal_result_hosts": ("127.0.0.1",),
+            "fal_result_allow_http": True,  # the fake fal serves result files over http
             "poll_interval_seconds": 0.02,
             "poll_max_interval_seconds": 0.2,
             "request_timeout_seconds": 5.0,
@@ -43,6 +45,8 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "database_path": tmp_path / "kontext.sqlite3",
         }
         values.update(overrides)
+        if "fal_result_hosts" not in overrides and "fal_queue_url" in overrides:  # the fake fal's own files
+            values["fal_result_hosts"] = (urlsplit(overrides["fal_queue_url"]).netloc,)
         return Settings(_env_file=None, **values)
 
     return make

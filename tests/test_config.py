@@ -78,7 +78,8 @@ def test_defaults_with_only_the_secrets() -> None:
     assert settings.fal_queue_url == "https://queue.fal.run"
     assert settings.fal_auth_scheme == "Key"
     assert settings.fal_endpoint == "fal-ai/flux-pro/kontext/max/multi"
-    assert "v3.fal.media" in settings.fal_result_hosts
+    assert settings.fal_result_hosts == ("fal.media",)  # and its subdomains: v3.fal.media, v3b.fal.media, ...
+    assert settings.fal_result_allow_http is False
     assert settings.price_per_image_usd == Decimal("0.08")
     assert (settings.allowed_guild_ids, settings.allowed_role_ids) == ((), ())
     assert (settings.log_level, settings.log_format) == ("INFO", "text")
@@ -121,6 +122,11 @@ def test_env_example_loads_with_the_defaults(tmp_path: Path) -> None:
         ("DISCORD_API_URL", "ftp://discord.com", "must start with http:// or https://"),
         ("DISCORD_GATEWAY_URL", "https://gateway.discord.gg", "must start with ws:// or wss://"),
         ("FAL_ENDPOINT", "flux-pro", "owner/alias"),
+        ("FAL_ENDPOINT", "fal-ai/../x", "owner/alias"),
+        ("FAL_ENDPOINT", "fal-ai/flux?x=1", "owner/alias"),
+        ("FAL_RESULT_HOSTS", '["https://fal.media"]', "host or host:port"),
+        ("FAL_RESULT_HOSTS", "fal.media/files", "host or host:port"),
+        ("FAL_RESULT_ALLOW_HTTP", "perhaps", "valid boolean"),
         ("FAL_START_TIMEOUT_SECONDS", "1", "greater than 1"),
         ("POLL_INTERVAL_SECONDS", "0", "greater than 0"),
         ("MAX_IMAGES", "11", "less than or equal to 10"),
@@ -165,7 +171,7 @@ def test_url_and_endpoint_are_normalised(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_env_parsing_of_lists_and_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLOWED_GUILD_IDS", "[1,2]")
     monkeypatch.setenv("ALLOWED_ROLE_IDS", "[]")
-    monkeypatch.setenv("FAL_RESULT_HOSTS", '["127.0.0.1", "cdn.example"]')
+    monkeypatch.setenv("FAL_RESULT_HOSTS", '["127.0.0.1", "CDN.example:8443"]')
     monkeypatch.setenv("USE_STATUS_STREAM", "false")
     monkeypatch.setenv("DEV_GUILD_ID", "")  # empty lines of .env.example mean "unset"
     monkeypatch.setenv("PRICE_PER_IMAGE_USD", "0.10")
@@ -173,7 +179,7 @@ def test_env_parsing_of_lists_and_scalars(monkeypatch: pytest.MonkeyPatch) -> No
     settings = load_settings(_env_file=None)
     assert settings.allowed_guild_ids == (1, 2)
     assert settings.allowed_role_ids == ()
-    assert settings.fal_result_hosts == ("127.0.0.1", "cdn.example")
+    assert settings.fal_result_hosts == ("127.0.0.1", "cdn.example:8443")
     assert settings.use_status_stream is False
     assert settings.dev_guild_id is None
     assert settings.price_per_image_usd == Decimal("0.10")

@@ -560,6 +560,93 @@ async def test_recording_and_count(fake: FakeFal, http: aiohttp.ClientSession) -
     assert (fake.count("submit"), fake.count("status"), fake.count("result")) == (1, 1, 0)
 
 
+# -- faults for hostile answers ----------------------------------------------------------------
+
+
+async def test_advertised_urls_replace_the_urls_in_every_answer(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    hostile = {"status_url": "http://[::1", "response_url": 42, "cancel_url": "https://elsewhere.invalid/x"}
+    fake.add_script(JobScript(queue_positions=(0,), progress_steps=0, step_seconds=0.01, advertised_urls=hostile))
+    env = await submit(http, fake)
+    assert {k: env[k] for k in hostile} == hostile
+    rid = env["request_id"]
+    await wait_state(fake, rid, "COMPLETED")
+    _, status = await get_json(http, f"{fake.base_url}/{APP}/requests/{rid}/status")
+    async with http.get(f"{fake.base_url}/{APP}/requests/{rid}/status/stream", headers=AUTH) as resp:
+        events, _ = await read_sse(resp)
+    assert all({k: answer[k] for k in hostile} == hostile for answer in (status, *events))
+
+
+async def test_stream_fault_bytes_are_the_event_stream(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    env = await submit(http, fake)
+    garbage = b'data: {"status": "\xff"}\n\n'
+    fake.fail_next("stream", 200, garbage)
+    async with http.get(f"{env['status_url']}/stream", headers=AUTH) as resp:
+        assert (resp.status, resp.content_type) == (200, "text/event-stream")
+        assert await resp.read() == garbage
+
+
+async def test_trickle_sends_the_normal_answer_slowly(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    fake.trickle_next("submit", 0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    env = await submit(http, fake)
+    assert loop.time() - start >= 0.01 * 100  # well over a hundred bytes, one per interval
+    assert list(fake.jobs) == [env["request_id"]]  # the job exists: fal took it
+    start = loop.time()
+    await submit(http, fake)
+    assert loop.time() - start < 0.5  # used up
+    assert [r.status for r in fake.requests] == [200, 200]
+
+
+async def test_padded_result_is_valid_streamed_json(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    fake.add_script(JobScript(queue_positions=(), progress_steps=0, outcome=Outcome(result_padding=3_000_000)))
+    env = await submit(http, fake)
+    async with http.get(env["response_url"], headers=AUTH) as resp:
+        assert resp.content_length is None and resp.content_type == "application/json"
+        body = json.loads(await resp.read())
+    assert len(body.pop("padding")) == 3_000_000 and len(body["images"]) == 1
+    assert fake.jobs[env["request_id"]].result_bytes_sent == 3_000_000
+
+
+async def test_image_count_ignores_num_images(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    fake.add_script(JobScript(queue_positions=(), progress_steps=0, outcome=Outcome(image_count=5)))
+    env = await submit(http, fake, {**VALID, "num_images": 2})
+    _, result = await get_json(http, env["response_url"])
+    assert len(result["images"]) == 5 and result["has_nsfw_concepts"] == [False] * 5
+    async with http.get(result["images"][4]["url"]) as resp:
+        assert resp.status == 200
+
+
+async def test_file_redirect(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    target = "http://10.0.0.1/internal.png"
+    fake.add_script(JobScript(queue_positions=(), progress_steps=0, outcome=Outcome(file_redirect=target)))
+    env = await submit(http, fake)
+    _, result = await get_json(http, env["response_url"])
+    async with http.get(result["images"][0]["url"], allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (302, target)
+
+
+async def test_authorization_is_recorded_per_request(fake: FakeFal, http: aiohttp.ClientSession) -> None:
+    env = await submit(http, fake)
+    async with http.get(env["status_url"], headers={"Authorization": "Bearer other"}) as resp:
+        assert resp.status == 401
+    async with http.get(env["status_url"]) as resp:
+        assert resp.status == 401
+    assert [r.authorization for r in fake.requests] == [f"Key {KEY}", "Bearer other", None]
+
+
+async def test_path_prefix(http: aiohttp.ClientSession) -> None:
+    async with FakeFal(path_prefix="/fal/") as reseller:
+        assert reseller.base_url.endswith("/fal")
+        env = await submit(http, reseller)
+        assert env["status_url"].startswith(f"{reseller.base_url}/{APP}/requests/")
+        status, _ = await get_json(http, env["status_url"])
+        assert status == 202
+        async with http.post(f"{reseller.base_url.removesuffix('/fal')}/{ENDPOINT}", json=VALID, headers=AUTH) as resp:
+            assert resp.status == 404  # outside the prefix
+        assert len(reseller.jobs) == 1
+
+
 # -- lifecycle and scale ---------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from bot.fal import (
     FalServerError,
     FalSubmitUnconfirmed,
     FalTimeout,
+    FalUnsafeURL,
     FalValidationError,
     InProgress,
     KontextInput,
@@ -65,6 +66,7 @@ BASE_OPTIONS = FalClientOptions(
     poll_interval=0.02,
     poll_max_interval=0.1,
     result_hosts=("127.0.0.1",),
+    result_allow_http=True,  # the fake serves its files over http
 )
 
 
@@ -106,6 +108,8 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[BackoffCall]:
 
 
 def make_client(session: aiohttp.ClientSession, base: FakeFal | str, *, key: str = KEY, **options: Any) -> FalClient:
+    if isinstance(base, FakeFal):
+        options.setdefault("result_hosts", (base.authority,))
     base_url = base.base_url if isinstance(base, FakeFal) else base
     return FalClient(
         session, key=SecretStr(key), base_url=base_url, options=dataclasses.replace(BASE_OPTIONS, **options)
@@ -238,7 +242,8 @@ async def test_client_built_from_settings_like_main(fake: FakeFal, session: aioh
         discord_token="discord-token-123",
         fal_key=KEY,
         fal_queue_url=fake.base_url + "/",
-        fal_result_hosts=("127.0.0.1",),
+        fal_result_hosts=(fake.authority,),
+        fal_result_allow_http=True,
         poll_interval_seconds=0.02,
         poll_max_interval_seconds=0.1,
         request_timeout_seconds=2,
@@ -408,10 +413,13 @@ async def test_submit_connection_refused_is_retried(
     assert_no_secret(err.value)
 
 
-async def test_submit_answer_without_request_id(fake: FakeFal, client: FalClient) -> None:
+async def test_submit_answer_without_request_id_is_unconfirmed(fake: FakeFal, client: FalClient) -> None:
+    """fal answered 2xx, so it may have taken the job: without a request id the submit is unconfirmed, not resent."""
     fake.fail_next("submit", 200, {"status": "IN_QUEUE"})
-    with pytest.raises(FalProtocolError, match="request_id"):
+    with pytest.raises(FalSubmitUnconfirmed, match="request id") as err:
         await client.submit(ENDPOINT, PAYLOAD)
+    assert isinstance(err.value.__cause__, FalProtocolError)
+    assert fake.count("submit") == 1
 
 
 # -- watching ----------------------------------------------------------------------------------
@@ -651,7 +659,7 @@ async def test_download_from_unexpected_host_is_refused(fake: FakeFal, client: F
 )
 async def test_result_host_allow_list(session: aiohttp.ClientSession, url: str) -> None:
     client = make_client(session, f"http://127.0.0.1:{closed_port()}", result_hosts=("fal.media",))
-    with pytest.raises(FalProtocolError, match="unexpected host"):
+    with pytest.raises(FalUnsafeURL, match=r"unexpected host|allowed: https"):
         await client.download(url)
 
 
@@ -705,7 +713,7 @@ async def chunked_server() -> AsyncIterator[str]:
 
 
 async def test_download_limit_without_content_length(session: aiohttp.ClientSession, chunked_server: str) -> None:
-    client = make_client(session, chunked_server, max_download_bytes=300_000)
+    client = make_client(session, chunked_server, max_download_bytes=300_000, result_hosts=(chunked_server[7:],))
     download = await client.download(f"{chunked_server}/300000")
     assert download.data == bytes(300_000) and download.content_type == "image/png"
     with pytest.raises(FalProtocolError, match="larger than 300000 bytes"):

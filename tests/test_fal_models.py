@@ -100,6 +100,13 @@ OUTPUT: dict[str, Any] = {
             Completed(error="Request cancelled by client", error_type="client_cancelled"),
         ),
         ({"status": "COMPLETED", "error": "", "error_type": None}, Completed()),
+        # hostile values: never an exception, never a non-string where a string is typed
+        ({"status": "COMPLETED", "metrics": {"inference_time": 10**400}}, Completed()),
+        ({"status": "COMPLETED", "metrics": {"inference_time": float("nan")}}, Completed()),
+        ({"status": "COMPLETED", "metrics": {"inference_time": True}}, Completed()),
+        ({"status": "COMPLETED", "error": ["x"], "error_type": {"a": 1}}, Completed(error="fal reported an error")),
+        ({"status": "IN_QUEUE", "queue_position": True}, Queued(0)),
+        ({"status": "IN_PROGRESS", "logs": [{"message": {"nested": 1}}]}, InProgress(("",))),
         # states fal does not document, seen by others: treated as still running
         ({"status": "CANCELLATION_REQUESTED"}, InProgress(())),
         ({"status": "SOMETHING_NEW", "logs": [{"message": "hi"}]}, InProgress(("hi",))),
@@ -310,6 +317,20 @@ def test_http_error_fields() -> None:
     for body in (UNAUTHORIZED, ADMIN_LOCK):
         other = http_error(403, body, CIMultiDict())
         assert isinstance(other, FalAuthError) and not other.balance_exhausted
+
+
+def test_http_error_with_hostile_fields() -> None:
+    """Regression: a non-string error_type made `.moderated` raise TypeError; a non-list `loc` broke `.issues`."""
+    odd = http_error(422, {"detail": [{"loc": 5, "msg": ["x"], "type": {}}], "error_type": {"a": 1}}, CIMultiDict())
+    assert isinstance(odd, FalValidationError)
+    assert (odd.error_type, odd.error_types, odd.moderated) == (None, [""], False)
+    assert [(i.field, i.message, i.type) for i in odd.issues] == [("", "", "")]
+    assert describe_failure(odd)
+    for value in ("inf", "nan", "-1", "1e400"):
+        limited = http_error(429, None, CIMultiDict({"Retry-After": value}))
+        assert isinstance(limited, FalRateLimited) and limited.retry_after is None
+    huge = http_error(500, {"detail": "x" * 100_000}, CIMultiDict())
+    assert len(str(huge)) < 1000 and len(huge.summary) == 100_000
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from .errors import (
     FalServerError,
     FalSubmitUnconfirmed,
     FalTimeout,
+    FalUnsafeURL,
     FalValidationError,
     ValidationIssue,
 )
@@ -29,6 +30,7 @@ from .models import (
     QueueStatus,
     SafetyTolerance,
 )
+from .urls import app_root
 
 __all__ = (
     "ASPECT_RATIOS",
@@ -47,6 +49,7 @@ __all__ = (
     "FalServerError",
     "FalSubmitUnconfirmed",
     "FalTimeout",
+    "FalUnsafeURL",
     "FalValidationError",
     "InProgress",
     "KontextInput",

@@ -1,16 +1,24 @@
-"""Errors raised by the fal queue client.
+"""Errors raised by the fal queue client: every failure, whatever fal sent, is one of these.
 
 FalError
-├── FalHTTPError                 any non-2xx answer (status, detail, error_type)
+├── FalHTTPError                 a non-2xx answer (status, detail, error_type); a queue 3xx too: never followed
 │   ├── FalAuthError             401 / 403 (bad key, locked account, exhausted balance)
 │   ├── FalValidationError       422 (detail list; content policy is one kind)
 │   ├── FalRateLimited           429
 │   ├── FalServerError           5xx
 │   └── FalRequestFailed         the job ran and failed (COMPLETED with error, or result endpoint error)
-├── FalProtocolError             an answer we cannot understand (bad JSON, missing fields)
+├── FalProtocolError             an answer we cannot use: not JSON or not UTF-8, the wrong shape, larger than
+│   │                            `max_response_bytes`, an SSE line or event over that cap; a result image over
+│   │                            `max_download_bytes` or a bad data URI. While a job is watched these are
+│   │                            retried: they never end it on their own
+│   └── FalUnsafeURL             a URL we refuse to call: a queue URL off FAL_QUEUE_URL or built from a hostile
+│                                request id / endpoint (nothing is sent); a result file off the allowed hosts or
+│                                over plain http (nothing is sent), or one answering with a redirect (not followed)
 ├── FalConnectionError           the request never got an answer (connect/read failure)
-│   └── FalSubmitUnconfirmed     a submit that may have reached fal: never resent, never assumed lost
-└── FalTimeout                   our own deadline ran out
+│   └── FalSubmitUnconfirmed     a submit fal may have taken but that gave us no usable request id (no answer,
+│                                deadline hit mid-answer, garbage answer): never resent, never assumed lost
+└── FalTimeout                   our own deadline ran out: a status, result, cancel or download exchange, or
+                                 a status stream silent for `request_timeout` (a submit's is unconfirmed)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ __all__ = (
     "FalServerError",
     "FalSubmitUnconfirmed",
     "FalTimeout",
+    "FalUnsafeURL",
     "FalValidationError",
     "ValidationIssue",
     "http_error",
@@ -53,8 +62,9 @@ class ValidationIssue:
 
     @classmethod
     def from_payload(cls, item: Mapping[str, Any]) -> ValidationIssue:
-        loc = [str(part) for part in item.get("loc") or () if part != "body"]
-        return cls(".".join(loc), str(item.get("msg", "")), str(item.get("type", "")))
+        loc = item.get("loc")
+        parts = [str(part) for part in loc if part != "body"] if isinstance(loc, list) else []
+        return cls(".".join(parts), _text(item.get("msg")), _text(item.get("type")))
 
     def __repr__(self) -> str:
         return f"ValidationIssue(field={self.field!r}, type={self.type!r}, message={self.message!r})"
@@ -67,7 +77,7 @@ class FalHTTPError(FalError):
         self.status = status
         self.detail = detail
         self.error_type = error_type
-        super().__init__(f"fal answered {status}: {self.summary}")
+        super().__init__(f"fal answered {status}: {self.summary[:500]}")
 
     @property
     def summary(self) -> str:
@@ -83,7 +93,7 @@ class FalHTTPError(FalError):
         """The machine-readable kinds: `error_type` first, then those of the `detail` list's items."""
         types = [self.error_type] if self.error_type else []
         if isinstance(self.detail, list):
-            types += [str(item.get("type", "")) for item in self.detail if isinstance(item, Mapping)]
+            types += [_text(item.get("type")) for item in self.detail if isinstance(item, Mapping)]
         return types
 
     @property
@@ -132,6 +142,10 @@ class FalProtocolError(FalError):
     """fal's answer did not have the shape we rely on."""
 
 
+class FalUnsafeURL(FalProtocolError):
+    """A URL the client refuses to use; nothing was sent to it."""
+
+
 class FalConnectionError(FalError):
     """The request got no answer (connection refused, reset, or read failure)."""
 
@@ -147,7 +161,7 @@ class FalTimeout(FalError):
 def http_error(status: int, body: Any, headers: Mapping[str, str], *, during_result: bool = False) -> FalHTTPError:
     """Map a non-2xx answer to the most specific error class."""
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
-    error_type = (body.get("error_type") if isinstance(body, Mapping) else None) or headers.get("x-fal-error-type")
+    error_type = _text(body.get("error_type") if isinstance(body, Mapping) else None) or headers.get("x-fal-error-type")
     if status in (401, 403):
         return FalAuthError(status, detail, error_type)
     if during_result and _job_failure(status, error_type):
@@ -172,8 +186,14 @@ def _item_text(item: Any) -> str:
     return str(item.get("msg", item)) if isinstance(item, Mapping) else str(item)
 
 
+def _text(value: Any) -> str:
+    """A string field of fal's answer; anything else (a hostile or broken answer) counts as absent."""
+    return value if isinstance(value, str) else ""
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     try:
-        return float(headers["retry-after"])
+        seconds = float(headers["retry-after"])
     except (KeyError, ValueError):
         return None
+    return seconds if 0 <= seconds < float("inf") else None

@@ -5,6 +5,7 @@ Pydantic sits at the JSON edge only; the rest of the bot sees these typed values
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
@@ -125,7 +126,7 @@ QueueStatus: TypeAlias = Queued | InProgress | Completed
 
 
 def parse_status(data: Any) -> QueueStatus:
-    """Parse a status payload; unknown states count as still running."""
+    """Parse a status payload; unknown states count as still running. Anything else is `FalProtocolError`."""
     if not isinstance(data, Mapping) or not isinstance(data.get("status"), str):
         raise FalProtocolError("status payload without a status")
     status = data["status"]
@@ -137,21 +138,35 @@ def parse_status(data: Any) -> QueueStatus:
 
 
 def _completed(data: Mapping[str, Any]) -> Completed:
-    metrics = data.get("metrics") if isinstance(data.get("metrics"), Mapping) else {}
-    inference = metrics.get("inference_time") if metrics else None
-    error = data.get("error")
+    metrics = data.get("metrics")
+    inference = metrics.get("inference_time") if isinstance(metrics, Mapping) else None
+    error, error_type = data.get("error"), data.get("error_type")
     return Completed(
-        error=str(error) if error else None,
-        error_type=str(data["error_type"]) if data.get("error_type") else None,
-        inference_seconds=float(inference) if isinstance(inference, int | float) else None,
+        error=(error if isinstance(error, str) else "fal reported an error") if error else None,
+        error_type=error_type if isinstance(error_type, str) and error_type else None,
+        inference_seconds=_seconds(inference),
     )
 
 
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return seconds if 0 <= seconds < math.inf else None
+
+
 def _int_or_zero(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _log_messages(logs: Any) -> tuple[str, ...]:
     if not isinstance(logs, list):
         return ()
-    return tuple(str(entry.get("message", "")) for entry in logs if isinstance(entry, Mapping))
+    return tuple(_message(entry.get("message")) for entry in logs if isinstance(entry, Mapping))
+
+
+def _message(value: Any) -> str:
+    return value if isinstance(value, str) else ""

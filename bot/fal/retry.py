@@ -8,13 +8,15 @@ from .errors import (
     FalConnectionError,
     FalError,
     FalHTTPError,
+    FalProtocolError,
     FalRateLimited,
     FalServerError,
     FalSubmitUnconfirmed,
     FalTimeout,
+    FalUnsafeURL,
 )
 
-__all__ = ("backoff_delay", "retryable_read", "retryable_submit")
+__all__ = ("backoff_delay", "retryable_read", "retryable_submit", "retryable_watch")
 
 
 def retryable_submit(error: FalError) -> bool:
@@ -34,6 +36,14 @@ def retryable_read(error: FalError) -> bool:
     if isinstance(error, FalHTTPError) and error.status == 408:
         return True
     return isinstance(error, FalConnectionError | FalTimeout | FalRateLimited | FalServerError)
+
+
+def retryable_watch(error: FalError) -> bool:
+    """While a job is followed, a garbled status answer is retried like a dropped one: fal has the job, and
+    only the job's own deadline (the caller's) should end the wait. A refused URL is final."""
+    if isinstance(error, FalUnsafeURL):
+        return False
+    return isinstance(error, FalProtocolError) or retryable_read(error)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:

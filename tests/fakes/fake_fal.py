@@ -59,6 +59,9 @@ class Outcome:
     error_type: str | None = None
     result_status: int = 422
     result_body: Any = None
+    image_count: int | None = None  # images in the result whatever `num_images` asked for
+    result_padding: int = 0  # bytes of filler streamed (chunked, no Content-Length) ahead of the result JSON
+    file_redirect: str | None = None  # result files answer 302 to this URL
 
 
 @dataclass
@@ -70,6 +73,7 @@ class JobScript:
     step_seconds: float = 0.02
     hold: bool = False
     outcome: Outcome = field(default_factory=Outcome)
+    advertised_urls: dict[str, Any] | None = None  # replaces status_url/response_url/cancel_url in every answer
 
 
 @dataclass
@@ -82,6 +86,10 @@ class Recorded:
     status: int
     kind: str
 
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
 
 @dataclass
 class _Fault:
@@ -91,6 +99,7 @@ class _Fault:
     times: int
     delay: float
     drop: bool
+    trickle: float = 0.0  # answer normally, one body byte every `trickle` seconds
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,12 @@ class FakeJob:
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.response_url = f"{base}/{self.app_root}/requests/{request_id}"
+        self.result_bytes_sent = 0  # filler bytes of a padded result that went out
+
+    @property
+    def image_count(self) -> int:
+        count = self.script.outcome.image_count
+        return count if count is not None else self.num_images
 
     @property
     def num_images(self) -> int:
@@ -154,7 +169,8 @@ class FakeJob:
 
     def urls(self) -> dict[str, str]:
         url = self.response_url
-        return {"response_url": url, "status_url": f"{url}/status", "cancel_url": f"{url}/cancel"}
+        urls = {"response_url": url, "status_url": f"{url}/status", "cancel_url": f"{url}/cancel"}
+        return {**urls, **(self.script.advertised_urls or {})}
 
     def payload(self, index: int = -1, *, with_logs: bool = False) -> dict[str, Any]:
         """Status JSON for history entry `index` (default: the current one)."""
@@ -246,6 +262,11 @@ class FakeFal:
             raise RuntimeError("FakeFal not started")
         return self._base_url
 
+    @property
+    def authority(self) -> str:
+        """`127.0.0.1:<port>`: the entry that lets a client download this fake's result files."""
+        return self.base_url.split("/")[2]
+
     # -- scripting -------------------------------------------------------------------------
 
     def add_script(self, script: JobScript) -> None:
@@ -266,12 +287,18 @@ class FakeFal:
         delay: float = 0.0,
         drop: bool = False,
     ) -> None:
-        """Answer the next `times` requests of `kind` with `status`/`body` (bytes are sent raw as text/html)."""
+        """Answer the next `times` requests of `kind` with `status`/`body`. Bytes are sent raw: as text/html, or
+        for `fail_next("stream", 200, b"data: ...")` as the event stream itself (garbled or huge events)."""
         self._add_fault(kind, _Fault(status, body, headers or {}, times, delay, drop))
 
     def slow(self, kind: str, seconds: float, times: int = 1) -> None:
         """Delay the next `times` requests of `kind` without changing their answer."""
         self._add_fault(kind, _Fault(None, None, {}, times, seconds, False))
+
+    def trickle_next(self, kind: str, interval: float = 0.5, times: int = 1) -> None:
+        """Answer the next `times` requests of `kind` normally (a submit creates its job), but send the body
+        one byte every `interval` seconds, Content-Length announced: a server that never quite times out."""
+        self._add_fault(kind, _Fault(None, None, {}, times, 0.0, False, trickle=interval))
 
     def count(self, kind: str) -> int:
         return sum(1 for r in self.requests if r.kind == kind)
@@ -324,10 +351,26 @@ class FakeFal:
                 _close_connection(request)
                 return None
             if fault.status is not None and not fault.drop:
-                return _fault_response(fault)
+                return _fault_response(fault, route.kind)
         if route.kind != "file" and not self._authorized(request):
             return _json(UNAUTHORIZED, 401)
-        return await self._handle(request, route, raw, drop=fault is not None and fault.drop)
+        resp = await self._handle(request, route, raw, drop=fault is not None and fault.drop)
+        if fault is not None and fault.trickle > 0 and isinstance(resp, web.Response):
+            return await self._trickle(request, resp, fault.trickle)
+        return resp
+
+    async def _trickle(self, request: web.Request, resp: web.Response, interval: float) -> web.StreamResponse:
+        body = resp.body if isinstance(resp.body, bytes) else b""
+        slow = web.StreamResponse(status=resp.status, headers={"Content-Type": resp.content_type})
+        slow.content_length = len(body)
+        await slow.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            for i in range(len(body)):
+                await self._pause(interval)
+                if self._closing.is_set():
+                    break
+                await slow.write(body[i : i + 1])
+        return slow
 
     async def _pause(self, seconds: float) -> None:
         if seconds > 0:
@@ -350,7 +393,7 @@ class FakeFal:
         if route.kind == "stream":
             return await self._stream(request, job, drop=drop)
         if route.kind == "result":
-            return self._result(job)
+            return await self._result(request, job)
         if route.kind == "cancel":
             return self._cancel(job)
         return self._file(job, route.index)
@@ -427,7 +470,7 @@ class FakeFal:
 
     # -- result, cancel, files -------------------------------------------------------------
 
-    def _result(self, job: FakeJob) -> web.Response:
+    async def _result(self, request: web.Request, job: FakeJob) -> web.StreamResponse:
         if job.state != "COMPLETED":
             return _json({"detail": "Request is still in progress"}, 400)
         if job.cancelled_in_queue:
@@ -439,11 +482,30 @@ class FakeFal:
             return _json(body, out.result_status, headers=headers)
         if out.raw_result is not None:
             return _json(out.raw_result, 200)
+        if out.result_padding:
+            return await self._padded_result(request, job)
         return _json(self._success_body(job), 200)
+
+    async def _padded_result(self, request: web.Request, job: FakeJob) -> web.StreamResponse:
+        """`{"padding": "xxx…", <the result's keys>}`: valid JSON, streamed without a Content-Length."""
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        filler, left = b"x" * (1 << 20), job.script.outcome.result_padding
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(b'{"padding": "')
+            while left > 0 and not self._closing.is_set():
+                part = filler[: min(left, len(filler))]
+                await resp.write(part)
+                job.result_bytes_sent += len(part)
+                left -= len(part)
+            await resp.write(b'", ' + json.dumps(self._success_body(job))[1:].encode())
+            await resp.write_eof()
+        return resp
 
     def _success_body(self, job: FakeJob) -> dict[str, Any]:
         out = job.script.outcome
-        n = job.num_images
+        n = job.image_count
         host = out.result_host or self.base_url
         images = [_image_entry(job, i, host) for i in range(n)]
         return {
@@ -466,8 +528,10 @@ class FakeFal:
         return _json({"status": "CANCELLATION_REQUESTED"}, 202)
 
     def _file(self, job: FakeJob, index: int) -> web.Response:
-        if not 0 <= index < job.num_images:
+        if not 0 <= index < job.image_count:
             return _json({"detail": "Not Found"}, 404)
+        if job.script.outcome.file_redirect:
+            return web.Response(status=302, headers={"Location": job.script.outcome.file_redirect})
         return web.Response(body=image_bytes(job.script.outcome, index), content_type=job.script.outcome.content_type)
 
 
@@ -521,10 +585,13 @@ def _json(data: Any, status: int, *, headers: dict[str, str] | None = None) -> w
     return web.json_response(data, status=status, headers=headers)
 
 
-def _fault_response(fault: _Fault) -> web.Response:
+def _fault_response(fault: _Fault, kind: str) -> web.Response:
+    """Bytes are sent raw: as text/html, or for a 2xx status stream as the event stream itself (garbage events)."""
     assert fault.status is not None
     if isinstance(fault.body, bytes):
-        return web.Response(body=fault.body, status=fault.status, headers=fault.headers, content_type="text/html")
+        sse = kind == "stream" and fault.status < 300
+        content_type = "text/event-stream" if sse else "text/html"
+        return web.Response(body=fault.body, status=fault.status, headers=fault.headers, content_type=content_type)
     body = fault.body if fault.body is not None else {"detail": _reason(fault.status)}
     return _json(body, fault.status, headers=fault.headers)
 
