@@ -1,6 +1,6 @@
 """fal queue client: no Discord imports here."""
 
-from .client import Download, FalClient, FalClientOptions, app_root
+from .client import Download, FalClient, FalClientOptions
 from .errors import (
     FalAuthError,
     FalConnectionError,
