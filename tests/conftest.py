@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bot.__main__ import fal_client
 from bot.config import Settings
@@ -17,6 +18,7 @@ from bot.fal import FalClient
 from bot.store import SqliteJobStore
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import FakeFal
+from tests.fakes.images import make_png
 from tests.harness import Harness, running_bot
 
 FAL_KEY = "fake-key:secret"
@@ -102,3 +104,28 @@ async def harness(start_bot: StartBot) -> AsyncIterator[Harness]:
     """The real bot against both fakes, with test-speed settings."""
     async with start_bot() as running:
         yield running
+
+
+class Trap:
+    """A web server that records every request: result URLs on unexpected hosts point here."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits.append(str(request.url))
+        return web.Response(body=make_png(32, 32), content_type="image/png")
+
+
+@pytest.fixture
+async def trap() -> AsyncIterator[Trap]:
+    server = Trap()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    server.port = runner.addresses[0][1]
+    yield server
+    await runner.cleanup()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.jobs import Job, JobState
-from tests.conftest import StartBot
-from tests.fakes.fake_fal import JobScript
+from tests.conftest import StartBot, Trap
+from tests.fakes.fake_fal import JobScript, Outcome
 from tests.harness import Harness, Json
 from tests.test_store import SCHEMA_V1, v1_row
 
@@ -237,16 +236,17 @@ async def test_a_job_past_its_deadline_is_cancelled_at_fal_and_says_so(start_bot
 
 
 async def test_an_old_database_is_migrated_and_its_job_delivered_on_the_new_base(
-    start_bot: StartBot, make_settings: Any, tmp_path: Path
+    start_bot: StartBot, make_settings: Any, trap: Trap
 ):
-    """Version 1 stored fal's URLs (here on a base the operator has since left): they are never used again."""
+    """Version 1 stored fal's URLs (here on a base the operator has since left): the key never goes there."""
     path = make_settings().database_path
     async with start_bot() as harness:  # a fal job accepted before the upgrade
         harness.fal.add_script(JobScript(queue_positions=(1,), hold=True))
         request_id = await _accepted_at_fal(harness)
+    old_base = f"http://127.0.0.1:{trap.port}/fal-ai/flux-pro/requests/{request_id}"
     old = v1_row("c" * 32, "queued", request_id=request_id, channel_id=harness.discord.channel_id,
                  guild_id=harness.discord.guild_id, user_id=harness.discord.owner_id,
-                 status_url="https://old-reseller.example/fal-ai/flux-pro/requests/x/status")  # fmt: skip
+                 status_url=f"{old_base}/status", response_url=old_base, cancel_url=f"{old_base}/cancel")  # fmt: skip
     path.unlink()
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA_V1)
@@ -260,6 +260,7 @@ async def test_an_old_database_is_migrated_and_its_job_delivered_on_the_new_base
 
         assert job.state is JobState.DELIVERED and job.endpoint == "fal-ai/flux-pro/kontext/max/multi"
         assert harness.fal.count("submit") == 1  # the one from before the upgrade: followed, never resent
+        assert trap.hits == []
 
 
 async def _accepted_at_fal(harness: Harness) -> str:
@@ -268,3 +269,42 @@ async def _accepted_at_fal(harness: Harness) -> str:
     [request_id] = harness.fal.jobs
     await harness.bot.runner.close()  # the old bot stops; its job row is replaced by the v1 one below
     return request_id
+
+
+# --- fal's answers are bounded -----------------------------------------------------------------------------
+
+
+async def test_a_trickling_submit_ends_by_its_deadline_and_is_never_resent(start_bot: StartBot):
+    async with start_bot(submit_timeout_seconds=1.0) as harness:
+        harness.errors.allowed.append("not confirmed")  # logged at ERROR for the operator: it may be billed
+        harness.fal.trickle_next("submit", interval=0.5)
+
+        payload = await harness.kontext()
+        final = await harness.final_status(payload["token"], timeout=15)
+        [job] = await harness.finish_jobs()
+
+        assert "did not confirm the request" in final and "never charged twice" in final
+        assert job.state is JobState.UNCONFIRMED and harness.fal.count("submit") == 1
+
+
+async def test_fifty_images_for_one_requested_post_one(harness: Harness):
+    harness.fal.add_script(JobScript(outcome=Outcome(image_count=50)))
+    harness.errors.allowed.append("images")  # the extra ones are logged
+
+    job, message = await delivered(harness)
+
+    assert len(message["attachments"]) == 1 and job.result is not None and len(job.result.images) == 1
+    assert harness.fal.count("file") == 1
+
+
+async def test_a_result_file_that_redirects_is_never_followed_nor_posted(harness: Harness):
+    target = f"{harness.discord.base_url}/cdn/private/secret.png"
+    harness.fal.add_script(JobScript(outcome=Outcome(file_redirect=target)))
+
+    payload = await harness.kontext()
+    final = await harness.final_status(payload["token"])
+    [job] = await harness.finish_jobs()
+
+    assert job.state is JobState.UNDELIVERABLE and "unexpected" in final
+    assert not any("/cdn/private/" in r.path for r in harness.discord.requests)
+    assert not any(r.files for r in harness.discord.requests if r.method == "POST")

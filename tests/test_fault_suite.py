@@ -13,19 +13,17 @@ The cases in test_e2e_kontext.py and test_e2e_triggers.py are not repeated here;
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from bot.bot import KontextBot
 from bot.jobs import Job, JobState
-from tests.conftest import StartBot
+from tests.conftest import StartBot, Trap
 from tests.fakes.fake_discord import FakeDiscord, Recorded
 from tests.fakes.fake_fal import JobScript, Outcome
 from tests.fakes.images import make_png, padded_png
@@ -500,31 +498,6 @@ async def test_a_result_without_images_fails_the_job(harness: Harness):
     payload = await harness.kontext()
 
     await failed_after_payment(harness, payload["token"], "image service")
-
-
-class Trap:
-    """A web server that records every request: result URLs on unexpected hosts point here."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits.append(str(request.url))
-        return web.Response(body=PNG, content_type="image/png")
-
-
-@pytest.fixture
-async def trap() -> AsyncIterator[Trap]:
-    server = Trap()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.port = runner.addresses[0][1]
-    yield server
-    await runner.cleanup()
 
 
 @dataclass(frozen=True)
