@@ -116,3 +116,51 @@ async def test_sigterm_stops_cleanly_and_the_next_start_finishes_the_job(
     await fake_discord.wait_for_message(lambda m: "✅ Done" in m["content"], timeout=15)
 
     assert len(result_messages(fake_discord)) == 1 and first.errors() == []
+
+
+async def _kontext_in(discord: FakeDiscord, channel_id: int) -> Json:
+    image = discord.add_attachment("in.png", make_png(16, 16))
+    options = [{"name": "prompt", "type": 3, "value": "again"}, {"name": "image1", "type": 11, "value": image["id"]}]
+    payload = discord.slash("kontext", options, attachments=[image], channel_id=channel_id)
+    await discord.interact(payload)
+    return payload
+
+
+@pytest.mark.parametrize("second", ["reroll", "kontext-in-the-thread"])
+async def test_killed_mid_delivery_inside_the_result_thread_posts_once(
+    bot_processes: StartProcess, fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path, second: str
+):
+    """The second job's status message is in the same thread as its results: it must never pass for them."""
+    first = bot_processes()
+    await first.start()
+    await run_kontext(fake_discord)
+    [result] = await _results(fake_discord, 1)
+    thread_id = int(result["channel_id"])
+
+    fake_discord.delay_next("POST", rf"/channels/{thread_id}/messages", 60)  # stored at once, answered late
+    if second == "reroll":
+        reroll = next(c["custom_id"] for row in result["components"] for c in row["components"]
+                      if c["custom_id"].startswith("kontext:reroll:"))  # fmt: skip
+        await fake_discord.interact(fake_discord.button(reroll, result))
+    else:
+        await _kontext_in(fake_discord, thread_id)
+    await _results(fake_discord, 2)
+    await first.kill()
+
+    restarted = bot_processes()
+    await restarted.start()
+    await fake_discord.wait_until(lambda: _done_count(fake_discord) == 2, timeout=15)
+
+    assert len(result_messages(fake_discord)) == 2 and fake_fal.count("submit") == 2
+    jobs = await stored_jobs(tmp_path / "kontext.sqlite3")
+    assert all(job.state is JobState.DELIVERED and len(job.result_message_ids) == 1 for job in jobs)
+    assert restarted.errors() == []
+
+
+async def _results(discord: FakeDiscord, count: int) -> list[Json]:
+    await discord.wait_until(lambda: len(result_messages(discord)) >= count, timeout=10)
+    return sorted(result_messages(discord), key=lambda m: int(m["id"]))
+
+
+def _done_count(discord: FakeDiscord) -> int:
+    return sum("✅ Done" in m["content"] for m in discord.messages.values())
