@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 
@@ -43,6 +44,14 @@ def fal_connector(settings: Settings) -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(limit=settings.max_status_streams + 100)
 
 
+def allow_open_files(wanted: int = 65536) -> None:
+    """Every status stream is a socket: raise the soft limit on open files (often 1024) toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def point_discord_at(settings: Settings) -> None:
     """REST proxies (and the tests' fake Discord) take the place of discord.com."""
     discord.http.Route.BASE = settings.discord_api_url
@@ -72,6 +81,7 @@ def main() -> int:
     secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
     setup_logging(settings.log_level, secrets, settings.log_format)
     point_discord_at(settings)
+    allow_open_files()
     try:
         asyncio.run(run(settings))
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.fal import FalClient
 from bot.jobs import JobRunner
+from bot.overload import LoadGuard, LoopMonitor
 from bot.store import SqliteJobStore
 
 __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
@@ -37,6 +39,39 @@ def invite_url(application_id: int) -> str:
     return discord.utils.oauth_url(
         application_id, permissions=REQUIRED_PERMISSIONS, scopes=("bot", "applications.commands")
     )
+
+
+# Gateway events the bot never uses; with the guild messages intent on, every edit in every server (the bot's own
+# status edits included) arrives as MESSAGE_UPDATE, and parsing them was a tenth of the bot's CPU under load.
+UNUSED_EVENTS = (
+    "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK", "MESSAGE_REACTION_REMOVE",
+    "MESSAGE_REACTION_REMOVE_ALL", "MESSAGE_REACTION_REMOVE_EMOJI", "MESSAGE_POLL_VOTE_ADD",
+    "MESSAGE_POLL_VOTE_REMOVE",
+)  # fmt: skip
+
+
+RATE_LIMIT_SWEEP_SECONDS = 30.0
+
+
+def _ignore(data: Any) -> None:
+    return None
+
+
+def sweep_rate_limits_rarely(http: discord.http.HTTPClient) -> None:
+    """discord.py drops idle rate-limit buckets by scanning all of them whenever it makes a new one, once it has
+    256; each job posts into a new thread (a new bucket, kept 300 s), so under load every job scanned thousands
+    of buckets. Sweep at most every RATE_LIMIT_SWEEP_SECONDS instead."""
+    sweep = http._try_clear_expired_ratelimits
+    last = float("-inf")
+
+    def sweep_rarely() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= RATE_LIMIT_SWEEP_SECONDS:
+            last = now
+            sweep()
+
+    http._try_clear_expired_ratelimits = sweep_rarely  # type: ignore[method-assign]
 
 
 def bot_intents(*, message_content: bool) -> discord.Intents:
@@ -63,6 +98,7 @@ class KontextBot(commands.Bot):
         **options: Any,
     ) -> None:
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
+        options.setdefault("max_messages", None)  # no message cache: the bot never looks a message up in it
         super().__init__(
             command_prefix=(),  # no text commands: everything is an app command
             help_command=None,
@@ -77,11 +113,27 @@ class KontextBot(commands.Bot):
             fal, store, job_timeout=settings.job_timeout_seconds, retry_seconds=settings.retry_base_seconds
         )
         self._heartbeat: asyncio.Task[None] | None = None
+        self.loop_monitor = LoopMonitor()
+        self.load_guard = LoadGuard(
+            self.loop_monitor, max_admitting=settings.max_admitting, max_lag=settings.max_loop_lag_seconds
+        )
+
+    def _parse_only_what_is_used(self) -> None:
+        """Skip discord.py's parsing of unused events, and of new messages while no one waits for an answer
+        (the reaction trigger's question is the only reader of messages)."""
+        parsers = self._connection.parsers
+        for event in UNUSED_EVENTS:
+            parsers[event] = _ignore
+        parse_create = parsers["MESSAGE_CREATE"]
+        parsers["MESSAGE_CREATE"] = lambda data: parse_create(data) if self._listeners.get("message") else None
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Messages are only read as answers to the reaction trigger's question (`wait_for`), never as commands."""
 
     async def setup_hook(self) -> None:
+        self.loop_monitor.start()
+        self._parse_only_what_is_used()
+        sweep_rate_limits_rarely(self.http)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
@@ -115,5 +167,6 @@ class KontextBot(commands.Bot):
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        self.loop_monitor.stop()
         await self.runner.close()
         await super().close()

@@ -46,12 +46,15 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     poll_max_interval_seconds: float = Field(default=10.0, gt=0)
     use_status_stream: bool = True
-    max_status_streams: int = Field(default=200, ge=0)  # each open stream holds a connection; the rest poll
+    max_status_streams: int = Field(default=1000, ge=0)  # each open stream holds a connection; the rest poll
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     submit_timeout_seconds: float = Field(default=60.0, gt=0)
     job_timeout_seconds: float = Field(default=1800.0, gt=0)
     # First wait before a failed step of a job (posting, reading the result) is tried again; doubles each time.
     retry_base_seconds: float = Field(default=2.0, gt=0)
+    # Shedding load: new requests are refused ("busy, try again in about N s") past either bound.
+    max_admitting: int = Field(default=100, ge=1)
+    max_loop_lag_seconds: float = Field(default=0.25, gt=0)
 
     # Discord.
     discord_api_url: str = DISCORD_API_V10
@@ -60,6 +63,8 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = None
     trigger_emoji: str = "🎨"
     status_edit_interval_seconds: float = Field(default=1.5, ge=0)
+    # All status messages together make at most this many edits per second; under load each is edited less often.
+    status_edits_per_second: float = Field(default=40.0, gt=0)
 
     # Input limits.
     max_images: int = Field(default=4, ge=1, le=10)

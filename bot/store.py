@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -217,6 +217,17 @@ class SqliteJobStore:
 
     async def save(self, job: Job) -> None:
         await self._transaction((SAVE_JOB, _row(job)))
+
+    async def save_many(self, jobs: Sequence[Job]) -> None:
+        """Save several jobs in one transaction (the runner batches the saves of one loop tick)."""
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(SAVE_JOB, [_row(job) for job in jobs])
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def request_cancel(self, job_id: str) -> None:
         """Mark a job cancelled-by-request, whichever process follows it."""

@@ -27,8 +27,7 @@ from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request
 from cogs.render import denial_text, render_status
 from cogs.replies import NO_MENTIONS, UserFacingError
-from cogs.status import EDIT_ERRORS, ChannelTarget, InteractionTarget, StatusMessage, StatusTarget
-from cogs.views import status_view
+from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget, StatusMessage, StatusTarget
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -66,13 +65,23 @@ class Launcher:
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.settings = bot.settings
+        self.pacer = EditPacer(interval=bot.settings.status_edit_interval_seconds,
+                               per_second=bot.settings.status_edits_per_second)  # fmt: skip
 
     # --- checks that need no database ---------------------------------------------------------
 
     def check(self, draft: Draft, origin: Origin) -> KontextInput:
-        """Everything checkable in memory: the input, the access lists. Raises `UserFacingError`."""
+        """Everything checkable in memory: the input, the access lists, the load. Raises `UserFacingError`."""
         self.check_access(origin.user, origin.guild_id)
-        return build_request(draft.prompt, draft.images, draft.options, self.settings)
+        request = build_request(draft.prompt, draft.images, draft.options, self.settings)
+        self.check_load()
+        return request
+
+    def check_load(self) -> None:
+        """Past the load bounds a new request is refused now, cheaply, instead of waiting behind all the rest."""
+        seconds = self.bot.load_guard.busy_for()
+        if seconds is not None:
+            raise UserFacingError(t("I'm very busy right now; please try again in about {seconds} s.", seconds=seconds))
 
     def check_access(self, user: discord.User | discord.Member, guild_id: int | None) -> None:
         allowed_guilds, allowed_roles = self.settings.allowed_guild_ids, self.settings.allowed_role_ids
@@ -97,21 +106,24 @@ class Launcher:
     async def from_request(self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin) -> None:
         """Launch a request built from an earlier job (Reroll): its inputs were checked when it first ran."""
         self.check_access(origin.user, origin.guild_id)
+        self.check_load()
         await self._launch(interaction, request, origin, None)
 
     async def _launch(
         self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin, draft: Draft | None
     ) -> None:
         job = self._new_job(request, origin)
-        with log_context(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id):
+        with log_context(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id), self.bot.load_guard.admission():
             await self._answer_and_launch(interaction, job, origin, draft)
 
     async def _answer_and_launch(
         self, interaction: discord.Interaction[Any], job: Job, origin: Origin, draft: Draft | None
     ) -> None:
-        message_id = await _answer(interaction, render_status(job), status_view(job.id))
+        target = InteractionTarget(interaction, None)
+        status = self._status(job, target)
+        target.message_id = message_id = await _answer(interaction, render_status(job), status.cancel_view())
         job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
-        status = self._status(job, InteractionTarget(interaction, message_id))
+        status.mark_shown(job)
         try:
             job = await self._with_pin(job, draft)
             denial = await self.bot.runner.admit(job, self.limits)
@@ -147,15 +159,18 @@ class Launcher:
         channel = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         job = self._new_job(request, origin)
         reply = channel.get_partial_message(origin.message_id) if origin.message_id else discord.utils.MISSING
-        message = await channel.send(render_status(job), view=status_view(job.id), allowed_mentions=NO_MENTIONS,
+        target = ChannelTarget(self.bot, origin.channel_id, None)
+        status = self._status(job, target)
+        message = await channel.send(render_status(job), view=status.cancel_view(), allowed_mentions=NO_MENTIONS,
                                      reference=reply, mention_author=False, suppress_embeds=True)  # fmt: skip
+        target.message_id = message.id
         job = job.update(status_message_id=message.id, origin_message_id=origin.message_id or message.id)
+        status.mark_shown(job)
         denial = await self.bot.runner.admit(job, self.limits)
         if denial is not None:
             await message.edit(content=f"<@{origin.user.id}> {denial_text(denial)}", view=None, delete_after=60,
                                allowed_mentions=NO_MENTIONS)  # fmt: skip
             return
-        status = self._status(job, ChannelTarget(self.bot, message.channel.id, message.id))
         self.bot.runner.launch(job, DiscordJobSink(self.bot, status))
 
     # --- after a restart ------------------------------------------------------------------------
@@ -181,8 +196,7 @@ class Launcher:
 
     def _status(self, job: Job, target: StatusTarget, *, shown: bool = True) -> StatusMessage:
         on_moved = functools.partial(self.bot.runner.status_moved, job.id)
-        status = StatusMessage(self.bot, job, target, interval=self.settings.status_edit_interval_seconds,
-                               on_moved=on_moved)  # fmt: skip
+        status = StatusMessage(self.bot, job, target, pacer=self.pacer, on_moved=on_moved)
         if shown:
             status.mark_shown(job)
         return status

@@ -23,7 +23,7 @@ from cogs.views import status_view
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("EDIT_ERRORS", "ChannelTarget", "InteractionTarget", "StatusMessage", "StatusTarget")
+__all__ = ("EDIT_ERRORS", "ChannelTarget", "EditPacer", "InteractionTarget", "StatusMessage", "StatusTarget")
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,21 @@ class ChannelTarget:
         )
 
 
+class EditPacer:
+    """Spreads status edits so that all status messages together make at most `per_second` edits: with few
+    jobs each message is edited every `interval` seconds at most; with many, each one less often. Under load
+    the queue moves are shown less often, the final state never waits longer than one pause."""
+
+    def __init__(self, *, interval: float, per_second: float) -> None:
+        self._interval = interval
+        self._per_second = per_second
+        self.live = 0  # status messages still being kept up to date
+
+    @property
+    def pause(self) -> float:
+        return max(self._interval, self.live / self._per_second)
+
+
 class StatusMessage:
     """Keeps a job's status message in step with the job, coalescing bursts of changes.
 
@@ -89,18 +104,20 @@ class StatusMessage:
         job: Job,
         target: StatusTarget,
         *,
-        interval: float,
+        pacer: EditPacer,
         on_moved: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._bot = bot
         self._job = job
         self._target = target
-        self._interval = interval
+        self._pacer = pacer
         self._on_moved = on_moved
         self._shown: Wanted | None = None
         self._wanted: Wanted | None = None
         self._wake = asyncio.Event()
+        self._final = asyncio.Event()  # the job ended: its status goes out without waiting its turn
         self._task: asyncio.Task[None] | None = None
+        self._view: discord.ui.View | None = None  # built once: a view is not cheap to make
 
     @property
     def interaction(self) -> discord.Interaction[Any] | None:
@@ -115,6 +132,8 @@ class StatusMessage:
         self._job = job
         self._wanted = _wanted(job)
         self._wake.set()
+        if job.state.finished:
+            self._final.set()
         if self._task is None:
             self._task = asyncio.create_task(self._editor(), name=f"status:{job.id}")
 
@@ -129,6 +148,13 @@ class StatusMessage:
         self._shown = _wanted(job)
 
     async def _editor(self) -> None:
+        self._pacer.live += 1
+        try:
+            await self._keep_shown()
+        finally:
+            self._pacer.live -= 1
+
+    async def _keep_shown(self) -> None:
         failures = 0
         while True:
             await self._sleep_until_needed()
@@ -141,7 +167,16 @@ class StatusMessage:
                     failures = await self._after_failure(wanted, failures)
             if wanted is not None and not wanted[1] and wanted == self._shown:
                 return  # the final state is shown
-            await asyncio.sleep(self._interval * (1 + failures))
+            await self._rest(failures)
+
+    async def _rest(self, failures: int) -> None:
+        """Wait this message's turn (longer after failures); the final state does not wait for it."""
+        pause = self._pacer.pause * (1 + failures)
+        if failures:
+            await asyncio.sleep(pause)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._final.wait(), pause)
 
     async def _after_failure(self, wanted: Wanted, failures: int) -> int:
         """Try a failed text again; after a few failures post it as a new message, else drop it."""
@@ -209,9 +244,14 @@ class StatusMessage:
 
     async def _put(self, target: StatusTarget, wanted: Wanted) -> None:
         content, cancellable = wanted
-        with using_locale(self._job.locale):
-            view = status_view(self._job.id) if cancellable else None
-        await target.edit(content, view)
+        await target.edit(content, self.cancel_view() if cancellable else None)
+
+    def cancel_view(self) -> discord.ui.View:
+        """The Cancel button of this job's status, made once (the first post uses it too)."""
+        if self._view is None:
+            with using_locale(self._job.locale):
+                self._view = status_view(self._job.id)
+        return self._view
 
 
 def _wanted(job: Job) -> Wanted:

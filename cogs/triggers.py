@@ -143,8 +143,9 @@ class Triggers(commands.Cog):
             return
         try:
             self.launcher.check_access(member, payload.guild_id)
+            self.launcher.check_load()
         except UserFacingError:
-            return  # outsiders get no answer at all
+            return  # outsiders get no answer at all; under overload a reaction (no interaction to answer) waits
         key = (payload.channel_id, member.id)
         if key in self._questions:
             return  # one reaction of theirs is being handled here (maybe asking); its answer would wake both

@@ -50,6 +50,12 @@ class BotProcess:
         self.lines: list[str] = []
         self._ready = asyncio.Event()
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("not started")
+        return self._process.pid
+
     async def start(self, timeout: float = 15.0) -> None:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", env=self._env, cwd=self._cwd,

@@ -59,11 +59,11 @@ class FlakyStore(SqliteJobStore):
 
     failures = 0
 
-    async def save(self, job: Job) -> None:
+    async def save_many(self, jobs: Sequence[Job]) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError("disk I/O error")
-        await super().save(job)
+        await super().save_many(jobs)
 
 
 def new_job(num_images: int = 1, *, created_at: datetime | None = None) -> Job:

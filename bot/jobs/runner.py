@@ -29,6 +29,7 @@ from bot.fal import (
     QueueStatus,
 )
 from bot.i18n import t, tn, using_locale
+from bot.jobs.batching import SaveBatcher
 from bot.jobs.model import Job, JobState, ResultImage
 from bot.jobs.ports import DeliveryFailed, FalQueue, JobSink, JobStore
 from bot.log import bind, log_context
@@ -84,8 +85,10 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._sinks: dict[str, JobSink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._saves = SaveBatcher(store)
         self._unsaved: dict[str, Job] = {}
         self._result_failures: Counter[str] = Counter()
+        self._counted_attempt: set[str] = set()  # jobs whose next delivery attempt is already counted and saved
         self._flusher: asyncio.Task[None] | None = None
 
     # --- admission and start --------------------------------------------------------------------
@@ -155,14 +158,15 @@ class JobRunner:
         await self._note(job_id, lambda job: job.update(status_message_id=message_id))
 
     async def thread_created(self, job_id: str, thread_id: int) -> None:
-        await self._note(job_id, lambda job: job.update(thread_id=thread_id))
+        # Saved with the next change: a restart finds the thread again (one per message, Discord says 160004).
+        await self._note(job_id, lambda job: job.update(thread_id=thread_id), save=False)
 
     async def result_posted(self, job_id: str, message_id: int) -> None:
         await self._note(job_id, lambda job: job.update(result_message_ids=(*job.result_message_ids, message_id)))
 
-    async def _note(self, job_id: str, change: Callable[[Job], Job]) -> None:
+    async def _note(self, job_id: str, change: Callable[[Job], Job], *, save: bool = True) -> None:
         if job_id in self._jobs:
-            await self._change(job_id, change)
+            await self._change(job_id, change, save=save)
 
     # --- cancel -------------------------------------------------------------------------------------
 
@@ -270,13 +274,18 @@ class JobRunner:
     async def _apply(self, job_id: str, status: QueueStatus) -> bool:
         """Record one status; True once fal is done with the job."""
         job = self._jobs[job_id]
+        # Queue moves and the start are shown but not saved on their own: a restart follows the job again
+        # anyway, and they are saved with the next change that matters.
         if isinstance(status, Queued):
             if job.state is JobState.QUEUED and job.queue_position != status.position:
-                self._show(await self._change(job_id, lambda j: j.update(queue_position=status.position)))
+                self._show(await self._change(job_id, lambda j: j.update(queue_position=status.position), save=False))
             return False
         if isinstance(status, InProgress):
             if job.state is JobState.QUEUED:
-                self._show(await self._change(job_id, lambda j: j.advance(JobState.RUNNING, queue_position=None)))
+                running = await self._change(
+                    job_id, lambda j: j.advance(JobState.RUNNING, queue_position=None), save=False
+                )
+                self._show(running)
             return False
         await self._completed(job_id, status)
         return True
@@ -295,8 +304,11 @@ class JobRunner:
             log.error("job %s: fal finished request %s but its result cannot be read: %s", job_id, job.request_id, exc)
             await self._end(job_id, JobState.UNDELIVERABLE, error=describe_failure(exc))
             return
-        # Not shown: the results follow at once, and the status's next edit is the final one.
-        await self._change(job_id, lambda j: j.advance(JobState.SUCCEEDED, result=result, queue_position=None))
+        # Not shown: the results follow at once, and the status's next edit is the final one. The first
+        # delivery attempt is counted in the same save: it starts right away.
+        await self._change(job_id, lambda j: j.advance(JobState.SUCCEEDED, result=result, queue_position=None,
+                                                       delivery_attempts=j.delivery_attempts + 1))  # fmt: skip
+        self._counted_attempt.add(job_id)
 
     async def _deliver(self, job_id: str) -> None:
         images = await self._download(self._jobs[job_id])
@@ -307,12 +319,15 @@ class JobRunner:
         report = _Report(self, job_id)
         while True:
             job = self._jobs[job_id]
-            if job.delivery_attempts >= self._delivery_attempts:
+            if job_id in self._counted_attempt:
+                self._counted_attempt.discard(job_id)  # counted when the job succeeded
+            elif job.delivery_attempts >= self._delivery_attempts:
                 reason = tn("The results could not be posted ({count} attempt).",
                             "The results could not be posted ({count} attempts).", job.delivery_attempts)  # fmt: skip
                 await self._end(job_id, JobState.UNDELIVERABLE, error=reason)
                 return
-            job = await self._change(job_id, lambda j: j.update(delivery_attempts=j.delivery_attempts + 1))
+            else:  # saved before trying: a bot that dies while posting still uses up its attempts
+                job = await self._change(job_id, lambda j: j.update(delivery_attempts=j.delivery_attempts + 1))
             try:
                 await self._sinks[job_id].deliver(job, images, report)
             except DeliveryFailed as exc:
@@ -368,17 +383,18 @@ class JobRunner:
 
     # --- saving -------------------------------------------------------------------------------------
 
-    async def _change(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        """Apply `change` to the newest version of the job, remember it and save it. Nothing may await
-        between reading and replacing the job, so concurrent changes (a cancel click) are never lost."""
+    async def _change(self, job_id: str, change: Callable[[Job], Job], *, save: bool = True) -> Job:
+        """Apply `change` to the newest version of the job, remember it and (unless told not to) save it.
+        Nothing may await between reading and replacing the job, so concurrent changes are never lost."""
         job = change(self._jobs[job_id])
         self._jobs[job_id] = job
-        await self._save(job)
+        if save:
+            await self._save(job)
         return job
 
     async def _save(self, job: Job) -> None:
         try:
-            await self._store.save(job)
+            await self._saves.save(job)
         except Exception:
             log.exception("could not save job %s (fal request %s, state %s); kept in memory, retrying",
                           job.id, job.request_id, job.state)  # fmt: skip
@@ -422,6 +438,7 @@ class JobRunner:
         self._tasks.pop(job_id, None)
         self._jobs.pop(job_id, None)
         self._result_failures.pop(job_id, None)
+        self._counted_attempt.discard(job_id)
         self._sinks.pop(job_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("job %s stopped unexpectedly", job_id, exc_info=task.exception())
