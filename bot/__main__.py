@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import aiohttp
 import discord
@@ -16,6 +17,7 @@ from bot.bot import KontextBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
+from bot.metrics_server import MetricsError, serve_metrics
 from bot.store import SqliteJobStore, StoreError
 
 log = logging.getLogger("bot")
@@ -56,11 +58,20 @@ async def run(settings: Settings) -> None:
         SqliteJobStore(settings.database_path) as store,
     ):
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
-        async with bot:
+        async with bot, metrics_endpoint(settings, bot):
             loop = asyncio.get_running_loop()
             with contextlib.suppress(NotImplementedError):  # not on Windows
                 loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(bot.close()))
             await bot.start(settings.discord_token.get_secret_value())
+
+
+@contextlib.asynccontextmanager
+async def metrics_endpoint(settings: Settings, bot: KontextBot) -> AsyncIterator[None]:
+    if settings.metrics_port is None:
+        yield
+        return
+    async with serve_metrics(bot.metrics.registry, bot.gateway_connected, settings.metrics_host, settings.metrics_port):
+        yield
 
 
 def main() -> int:
@@ -84,6 +95,9 @@ def main() -> int:
         return 1
     except StoreError as exc:
         log.error("cannot use the database: %s", exc)
+        return 1
+    except MetricsError as exc:
+        log.error("cannot serve metrics: %s", exc)
         return 1
     return 0
 

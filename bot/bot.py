@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.fal import FalClient
 from bot.jobs import JobRunner
+from bot.metrics import Metrics, ObservedFal
 from bot.store import SqliteJobStore
 
 __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
@@ -60,9 +61,12 @@ class KontextBot(commands.Bot):
         session: aiohttp.ClientSession,
         fal: FalClient,
         store: SqliteJobStore,
+        metrics: Metrics | None = None,
         **options: Any,
     ) -> None:
+        self.metrics = metrics or Metrics()
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
+        options.setdefault("http_trace", self.metrics.discord_trace())
         super().__init__(
             command_prefix=(),  # no text commands: everything is an app command
             help_command=None,
@@ -74,8 +78,9 @@ class KontextBot(commands.Bot):
         self.fal = fal
         self.store = store
         self.runner = JobRunner(
-            fal, store, job_timeout=settings.job_timeout_seconds, retry_seconds=settings.retry_base_seconds
-        )
+            ObservedFal(fal, self.metrics), store, job_timeout=settings.job_timeout_seconds,
+            retry_seconds=settings.retry_base_seconds, observer=self.metrics,
+        )  # fmt: skip
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def on_message(self, message: discord.Message, /) -> None:
@@ -98,6 +103,10 @@ class KontextBot(commands.Bot):
         self.tree.copy_global_to(guild=guild)
         synced = await self.tree.sync(guild=guild)
         log.info("synced %d command(s) to dev guild %s", len(synced), guild_id)
+
+    def gateway_connected(self) -> bool:
+        """Ready, and the gateway connection is open (False while it reconnects): `/healthz`."""
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
 
     async def on_ready(self) -> None:
         log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
