@@ -14,7 +14,7 @@ import aiohttp
 import discord
 import yarl
 
-from bot import doctor
+from bot import doctor, startup
 from bot.bot import KontextBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
@@ -67,10 +67,39 @@ async def run(settings: Settings) -> None:
     async with http_session(settings) as session, open_store(settings) as store:
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
         async with bot, metrics_endpoint(settings, bot):
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError):  # not on Windows
-                loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(bot.close()))
-            await bot.start(settings.discord_token.get_secret_value())
+            stop = stop_on_sigterm(bot)
+            fal_watch = asyncio.create_task(watch_fal(settings, bot.fal), name="fal-at-start")
+            try:
+                await start(bot, settings, stop)
+            finally:
+                fal_watch.cancel()
+                await asyncio.wait([fal_watch])
+
+
+def stop_on_sigterm(bot: KontextBot) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def on_sigterm() -> None:
+        stop.set()
+        closing.append(loop.create_task(bot.close()))
+
+    with contextlib.suppress(NotImplementedError):  # not on Windows
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return stop
+
+
+async def start(bot: KontextBot, settings: Settings, stop: asyncio.Event) -> None:
+    """Log in, waiting out an unreachable Discord; then the gateway, which discord.py keeps reconnecting."""
+    token = settings.discord_token.get_secret_value()
+    if await startup.login(bot, token, first_delay=settings.retry_base_seconds, stop=stop):
+        await startup.connect(bot, stop=stop)
+
+
+async def watch_fal(settings: Settings, fal: FalClient) -> None:
+    where = str(yarl.URL(settings.fal_queue_url).with_user(None))
+    await startup.watch_fal(fal, settings.fal_endpoint, where=where, first_delay=settings.retry_base_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -121,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("CRITICAL", secrets, settings.log_format)  # the checklist is the output
         return asyncio.run(check(settings))
     setup_logging(settings.log_level, secrets, settings.log_format)
+    logging.getLogger("discord.client").addFilter(startup.OneLineReconnects())
     return run_bot(settings)
 
 

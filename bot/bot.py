@@ -88,7 +88,8 @@ class KontextBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
-            await self.load_extension(extension)
+            if extension not in self.extensions:  # a login retried after a network error runs this again
+                await self.load_extension(extension)
         await self._sync_commands()
         if self.application_id:
             log.info("invite the bot with: %s", invite_url(self.application_id))
