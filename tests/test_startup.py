@@ -64,6 +64,23 @@ async def test_discord_unreachable_at_start_is_waited_for(
     assert discord.identify_payloads and tracebacks(bot) == []
 
 
+async def test_sigterm_while_waiting_for_discord_stops_the_bot_cleanly(
+    bots: list[BotProcess], fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path
+):
+    """The wait between tries (here a minute) does not hold up a stop: docker stop gives 30 s before SIGKILL."""
+    env = bot_environment(
+        fake_discord, fake_fal, tmp_path / "db.sqlite3", RETRY_BASE_SECONDS="60", **unreachable_discord(free_port())
+    )
+    bot = BotProcess(env, tmp_path)
+    bots.append(bot)
+    await bot.launch()
+    [waiting] = await bot.wait_for_lines("Discord unreachable")
+
+    assert "retrying in 60.0s" in waiting
+    assert await bot.terminate() == 0
+    assert tracebacks(bot) == []
+
+
 async def test_a_gateway_unreachable_at_first_is_waited_for_too(
     bots: list[BotProcess], fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path
 ):
