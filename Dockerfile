@@ -21,8 +21,10 @@ RUN pip install --no-deps --no-build-isolation . \
     && mkdir -p /data && chown kontext /data
 
 USER 10001
+# METRICS_HOST: inside a container loopback cannot be reached from outside; only a published port exposes it.
 ENV DATABASE_PATH=/data/kontext.sqlite3 \
-    HEARTBEAT_PATH=/data/heartbeat
+    HEARTBEAT_PATH=/data/heartbeat \
+    METRICS_HOST=0.0.0.0
 VOLUME ["/data"]
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

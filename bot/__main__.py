@@ -1,22 +1,26 @@
-"""Composition root: settings → logging → session, store, fal client → bot. `python -m bot`."""
+"""Composition root: settings → logging → session, store, fal client → bot. `python -m bot [check]`."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import resource
 import signal
 import sys
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import discord
 import yarl
 
+from bot import doctor, startup
 from bot.bot import KontextBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
+from bot.metrics_server import MetricsError, serve_metrics
 from bot.store import SqliteJobStore, StoreError
 
 log = logging.getLogger("bot")
@@ -59,29 +63,108 @@ def point_discord_at(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def open_store(settings: Settings) -> SqliteJobStore:
+    """The job store, as an async context manager that opens it (the bot and `check` both use this)."""
+    return SqliteJobStore(settings.database_path)
+
+
+def http_session(settings: Settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}, connector=fal_connector(settings))
+
+
 async def run(settings: Settings) -> None:
-    async with (
-        aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}, connector=fal_connector(settings)) as session,
-        SqliteJobStore(settings.database_path) as store,
-    ):
+    async with http_session(settings) as session, open_store(settings) as store:
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
-        async with bot:
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError):  # not on Windows
-                loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(bot.close()))
-            await bot.start(settings.discord_token.get_secret_value())
+        async with bot, metrics_endpoint(settings, bot):
+            stop = stop_on_sigterm(bot)
+            fal_watch = asyncio.create_task(watch_fal(settings, bot.fal), name="fal-at-start")
+            try:
+                await start(bot, settings, stop)
+            finally:
+                fal_watch.cancel()
+                await asyncio.wait([fal_watch])
 
 
-def main() -> int:
+def stop_on_sigterm(bot: KontextBot) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def on_sigterm() -> None:
+        stop.set()
+        closing.append(loop.create_task(bot.close()))
+
+    with contextlib.suppress(NotImplementedError):  # not on Windows
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return stop
+
+
+async def start(bot: KontextBot, settings: Settings, stop: asyncio.Event) -> None:
+    """Log in, waiting out an unreachable Discord; then the gateway, which discord.py keeps reconnecting."""
+    token = settings.discord_token.get_secret_value()
+    if await startup.login(bot, token, first_delay=settings.retry_base_seconds, stop=stop):
+        await startup.connect(bot, stop=stop)
+
+
+async def watch_fal(settings: Settings, fal: FalClient) -> None:
+    where = str(yarl.URL(settings.fal_queue_url).with_user(None))
+    await startup.watch_fal(fal, settings.fal_endpoint, where=where, first_delay=settings.retry_base_seconds)
+
+
+@contextlib.asynccontextmanager
+async def metrics_endpoint(settings: Settings, bot: KontextBot) -> AsyncIterator[None]:
+    if settings.metrics_port is None:
+        yield
+        return
+    async with serve_metrics(bot.metrics.registry, bot.gateway_connected, settings.metrics_host, settings.metrics_port):
+        yield
+
+
+async def check(settings: Settings) -> int:
+    """`python -m bot check`: one line per item, as soon as it is known; 1 when any failed."""
+    async with http_session(settings) as session:
+        results = await doctor.run_checks(
+            settings, fal=fal_client(session, settings), open_store=lambda: open_store(settings),
+            where=str(settings.database_path), report=lambda result: say(result.line()),
+        )  # fmt: skip
+    say(doctor.summary(results))
+    return 1 if any(result.ok is False for result in results) else 0
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kontext-bot", description="The Kontext Discord bot.")
+    parser.add_argument("command", nargs="?", choices=("run", "check"), default="run",
+                        help="run the bot (the default), or check the setup without starting it")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command = parse_args(argv).command
     try:
         settings = load_settings()
     except ConfigError as exc:
+        if command == "check":
+            say(doctor.settings_failed(exc).line())
+            return 1
         print(exc, file=sys.stderr)  # noqa: T201
         return 2
     secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
-    setup_logging(settings.log_level, secrets, settings.log_format)
     point_discord_at(settings)
     allow_open_files()
+    if command == "check":
+        setup_logging("CRITICAL", secrets, settings.log_format)  # the checklist is the output
+        return asyncio.run(check(settings))
+    setup_logging(settings.log_level, secrets, settings.log_format)
+    logging.getLogger("discord.client").addFilter(startup.OneLineReconnects())
+    return run_bot(settings)
+
+
+def run_bot(settings: Settings) -> int:
     try:
         asyncio.run(run(settings))
     except KeyboardInterrupt:
@@ -94,6 +177,9 @@ def main() -> int:
         return 1
     except StoreError as exc:
         log.error("cannot use the database: %s", exc)
+        return 1
+    except MetricsError as exc:
+        log.error("cannot serve metrics: %s", exc)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.fal import FalClient
 from bot.jobs import JobRunner
+from bot.metrics import Metrics, ObservedFal
 from bot.overload import LoadGuard, LoopMonitor
 from bot.store import SqliteJobStore
 
@@ -95,10 +96,13 @@ class KontextBot(commands.Bot):
         session: aiohttp.ClientSession,
         fal: FalClient,
         store: SqliteJobStore,
+        metrics: Metrics | None = None,
         **options: Any,
     ) -> None:
+        self.metrics = metrics or Metrics()
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
         options.setdefault("max_messages", None)  # no message cache: the bot never looks a message up in it
+        options.setdefault("http_trace", self.metrics.discord_trace())
         super().__init__(
             command_prefix=(),  # no text commands: everything is an app command
             help_command=None,
@@ -110,8 +114,9 @@ class KontextBot(commands.Bot):
         self.fal = fal
         self.store = store
         self.runner = JobRunner(
-            fal, store, job_timeout=settings.job_timeout_seconds, retry_seconds=settings.retry_base_seconds
-        )
+            ObservedFal(fal, self.metrics), store, job_timeout=settings.job_timeout_seconds,
+            retry_seconds=settings.retry_base_seconds, observer=self.metrics,
+        )  # fmt: skip
         self._heartbeat: asyncio.Task[None] | None = None
         self.loop_monitor = LoopMonitor()
         self.load_guard = LoadGuard(
@@ -135,7 +140,8 @@ class KontextBot(commands.Bot):
         self._parse_only_what_is_used()
         sweep_rate_limits_rarely(self.http)
         for extension in EXTENSIONS:
-            await self.load_extension(extension)
+            if extension not in self.extensions:  # a login retried after a network error runs this again
+                await self.load_extension(extension)
         await self._sync_commands()
         if self.application_id:
             log.info("invite the bot with: %s", invite_url(self.application_id))
@@ -150,6 +156,10 @@ class KontextBot(commands.Bot):
         self.tree.copy_global_to(guild=guild)
         synced = await self.tree.sync(guild=guild)
         log.info("synced %d command(s) to dev guild %s", len(synced), guild_id)
+
+    def gateway_connected(self) -> bool:
+        """Ready, and the gateway connection is open (False while it reconnects): `/healthz`."""
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
 
     async def on_ready(self) -> None:
         log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "text"  # json: one object per line, for log collectors
 
+    # Metrics: a Prometheus endpoint (/metrics) and /healthz on this port; None = off, 0 = any free port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # the Docker image sets 0.0.0.0: inside a container loopback is unreachable
+
     @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", mode="before")
     @classmethod
     def _list_from_env(cls, value: Any) -> Any:

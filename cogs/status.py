@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -114,6 +115,7 @@ class StatusMessage:
         self._on_moved = on_moved
         self._shown: Wanted | None = None
         self._wanted: Wanted | None = None
+        self._asked: float | None = None  # when the oldest change not shown yet was asked for (metrics)
         self._wake = asyncio.Event()
         self._final = asyncio.Event()  # the job ended: its status goes out without waiting its turn
         self._task: asyncio.Task[None] | None = None
@@ -131,6 +133,7 @@ class StatusMessage:
         """Ask for the status of `job` to be shown; returns at once."""
         self._job = job
         self._wanted = _wanted(job)
+        self._asked = (self._asked or time.monotonic()) if self._wanted != self._shown else None
         self._wake.set()
         if job.state.finished:
             self._final.set()
@@ -205,14 +208,18 @@ class StatusMessage:
         return expires is not None and datetime.now(UTC) >= expires - TOKEN_MARGIN
 
     async def _edit(self, wanted: Wanted) -> bool:
+        asked, self._asked = self._asked, None
         try:
             await self._put(self._target, wanted)
         except EDIT_ERRORS as exc:
+            self._asked = asked or self._asked
             log.warning("editing the status of job %s failed: %r", self._job.id, exc)
             if isinstance(exc, discord.NotFound) and isinstance(self._target, ChannelTarget):
                 self._target.message_id = None  # deleted: the next try posts a fresh status message
             return False
         self._shown = wanted
+        if asked is not None:
+            self._bot.metrics.status_shown(time.monotonic() - asked)
         if isinstance(self._target, ChannelTarget) and self._target.message_id != self._job.status_message_id:
             await self._report_move(self._target.message_id)
         return True

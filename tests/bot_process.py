@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class BotProcess:
         self._reader: asyncio.Task[None] | None = None
         self.lines: list[str] = []
         self._ready = asyncio.Event()
+        self._printed = asyncio.Event()
 
     @property
     def pid(self) -> int:
@@ -56,12 +58,17 @@ class BotProcess:
             raise RuntimeError("not started")
         return self._process.pid
 
-    async def start(self, timeout: float = 15.0) -> None:
+    async def launch(self) -> None:
+        """Start the process without waiting for anything."""
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", env=self._env, cwd=self._cwd,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
+
+    async def start(self, timeout: float = 15.0) -> None:
+        await self.launch()
+        assert self._reader is not None
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait([ready, self._reader], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
@@ -71,11 +78,33 @@ class BotProcess:
 
     async def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
-        async for raw in self._process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            if READY_LINE in line:
-                self._ready.set()
+        try:
+            async for raw in self._process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                self._printed.set()
+                if READY_LINE in line:
+                    self._ready.set()
+        finally:
+            self._printed.set()
+
+    async def wait_for_lines(self, text: str, count: int = 1, timeout: float = 15.0) -> list[str]:
+        """The first `count` lines (printed so far or later) containing `text`."""
+        assert self._reader is not None
+        async with asyncio.timeout(timeout):
+            while len(found := [line for line in self.lines if text in line]) < count:
+                if self._reader.done():
+                    raise RuntimeError(f"the bot exited before printing {text!r}:\n" + "\n".join(self.lines[-30:]))
+                self._printed.clear()
+                await self._printed.wait()
+        return found[:count]
+
+    async def exited(self, timeout: float = 15.0) -> int:
+        """Wait for the process to end on its own; its exit status."""
+        assert self._process is not None and self._reader is not None
+        code = await asyncio.wait_for(self._process.wait(), timeout)
+        await asyncio.wait_for(self._reader, 5)
+        return code
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye, like a power cut."""
@@ -96,3 +125,11 @@ class BotProcess:
 
     def errors(self) -> list[str]:
         return [line for line in self.lines if " ERROR " in line or "Traceback" in line]
+
+
+def free_port() -> int:
+    """A port nothing listens on (for "unreachable"), free to be taken later."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

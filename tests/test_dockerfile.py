@@ -414,3 +414,12 @@ def test_compose_runs_the_image_with_env_file_and_a_data_volume():
     assert service["environment"]["DATABASE_PATH"].startswith("/data/")
     assert service["environment"]["HEARTBEAT_PATH"].startswith("/data/")
     assert not any(secret in COMPOSE.read_text(encoding="utf-8") for secret in SECRET_NAMES), name
+
+
+def test_compose_publishes_the_metrics_port_on_the_hosts_loopback_only():
+    service = next(iter(parse_block_yaml(COMPOSE.read_text(encoding="utf-8"))["services"].values()))
+
+    [published] = service["ports"]
+    # host address : host port : container port, both ports the one the bot listens on
+    assert re.fullmatch(r"127\.0\.0\.1:(\$\{METRICS_PORT:-\d+\}):\1", published), published
+    assert service["environment"]["METRICS_HOST"] == "0.0.0.0"  # noqa: S104  # inside the container only

@@ -10,7 +10,7 @@ from .model import (
     JobState,
     ResultImage,
 )
-from .ports import DeliveryFailed, DeliveryReport, FalQueue, JobSink, JobStore
+from .ports import DeliveryFailed, DeliveryReport, FalQueue, JobObserver, JobSink, JobStore
 from .runner import CancelOutcome, CancelResult, JobRunner
 
 __all__ = (
@@ -25,6 +25,7 @@ __all__ = (
     "FalQueue",
     "InvalidTransition",
     "Job",
+    "JobObserver",
     "JobRunner",
     "JobSink",
     "JobState",

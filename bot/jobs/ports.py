@@ -14,7 +14,7 @@ from bot.fal import Download, KontextOutput, QueueHandle, QueueStatus
 from bot.jobs.model import Job, ResultImage
 from bot.quota import Denial, UsageSnapshot
 
-__all__ = ("DeliveryFailed", "DeliveryReport", "FalQueue", "JobSink", "JobStore")
+__all__ = ("DeliveryFailed", "DeliveryReport", "FalQueue", "JobObserver", "JobSink", "JobStore")
 
 
 class JobStore(Protocol):
@@ -64,3 +64,10 @@ class JobSink(Protocol):
 
     async def deliver(self, job: Job, images: Sequence[ResultImage], report: DeliveryReport) -> None:
         """Post the results that `job.result_message_ids` does not list yet. Raises `DeliveryFailed`."""
+
+
+class JobObserver(Protocol):
+    """Told of every change of a job the runner makes (metrics). Called synchronously: it must not block."""
+
+    def changed(self, old: Job | None, new: Job) -> None:
+        """`old` is None when the runner takes the job (launched, or resumed after a restart)."""

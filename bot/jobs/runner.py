@@ -31,7 +31,7 @@ from bot.fal import (
 from bot.i18n import t, tn, using_locale
 from bot.jobs.batching import SaveBatcher
 from bot.jobs.model import Job, JobState, ResultImage
-from bot.jobs.ports import DeliveryFailed, FalQueue, JobSink, JobStore
+from bot.jobs.ports import DeliveryFailed, FalQueue, JobObserver, JobSink, JobStore
 from bot.log import bind, log_context
 from bot.messages import describe_failure
 from bot.quota import Denial, Limits, UsageSnapshot, decide
@@ -76,8 +76,10 @@ class JobRunner:
         job_timeout: float,
         delivery_attempts: int = DELIVERY_ATTEMPTS,
         retry_seconds: float = RETRY_SECONDS,
+        observer: JobObserver | None = None,
     ) -> None:
         self._fal = fal
+        self._observer = observer
         self._store = store
         self._job_timeout = job_timeout
         self._delivery_attempts = delivery_attempts
@@ -113,6 +115,8 @@ class JobRunner:
         if job.id in self._tasks:
             return self._tasks[job.id]
         self._jobs[job.id], self._sinks[job.id] = job, sink
+        if self._observer is not None:
+            self._observer.changed(None, job)
         # The task (and every task it starts) logs with the job's ids.
         with log_context(job_id=job.id, request_id=job.request_id, guild_id=job.guild_id, user_id=job.user_id):
             task = asyncio.create_task(self._run(job.id, first), name=f"job:{job.id}")
@@ -386,8 +390,11 @@ class JobRunner:
     async def _change(self, job_id: str, change: Callable[[Job], Job], *, save: bool = True) -> Job:
         """Apply `change` to the newest version of the job, remember it and (unless told not to) save it.
         Nothing may await between reading and replacing the job, so concurrent changes are never lost."""
-        job = change(self._jobs[job_id])
+        old = self._jobs[job_id]
+        job = change(old)
         self._jobs[job_id] = job
+        if self._observer is not None:
+            self._observer.changed(old, job)
         if save:
             await self._save(job)
         return job

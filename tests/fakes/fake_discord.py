@@ -69,6 +69,8 @@ __all__ = (
     "COMPONENTS_V2",
     "DROPPED",
     "EPHEMERAL",
+    "GATEWAY_MESSAGE_CONTENT",
+    "GATEWAY_MESSAGE_CONTENT_LIMITED",
     "FakeDiscord",
     "FakeGuild",
     "Json",
@@ -83,6 +85,10 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
 LOCALES = frozenset(locale.value for locale in discord.Locale)
+
+# Application flags (resources/application.mdx): the Message Content intent, approved or (under 100 servers) limited.
+GATEWAY_MESSAGE_CONTENT = 1 << 18
+GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19
 
 _CALLBACK_PATH = re.compile(r"/interactions/\d+/[^/]+/callback")
 _CDN_PATH = re.compile(r"/cdn/(?:media/)?attachments/(?P<channel>\d+)/(?P<att>\d+)/[^/]+")
@@ -162,11 +168,16 @@ class FakeDiscord:
         nonce_window: float = 300.0,
         recommended_shards: int = 1,
         max_concurrency: int = 1,
+        port: int = 0,
     ) -> None:
+        self.port = port  # 0: any free port
         self.edit_rate = edit_rate
         self.recommended_shards = recommended_shards  # GET /gateway/bot "shards"
         self.max_concurrency = max_concurrency  # GET /gateway/bot "session_start_limit.max_concurrency"
         self.threads_allowed = True
+        self.token: str | None = None  # set: bot-token requests with another token get 401, as from Discord
+        self.app_flags = GATEWAY_MESSAGE_CONTENT_LIMITED  # GET /oauth2/applications/@me "flags"
+        self.interactions_endpoint_url: str | None = None
         self.base_url = self.api_url = self.gateway_url = ""
 
         self.requests: list[Recorded] = []
@@ -247,8 +258,8 @@ class FakeDiscord:
         app.router.add_get("/cdn/{tail:.*}", self._handle_cdn)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        port = self._runner.addresses[0][1]
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        port = self.port = self._runner.addresses[0][1]
         self.base_url = self.store.base_url = f"http://127.0.0.1:{port}"
         self.api_url = self.base_url + API_PREFIX
         self.gateway_url = self.gateway.url = f"ws://127.0.0.1:{port}/gateway/"
@@ -390,7 +401,8 @@ class FakeDiscord:
             "owner": self.world.users[self.owner_id],
             "verify_key": "0" * 64,
             "team": None,
-            "flags": 0,
+            "flags": self.app_flags,
+            "interactions_endpoint_url": self.interactions_endpoint_url,
             "bot": self.world.users[self.bot_user_id],
             "integration_types_config": {"0": {}, "1": {}},
         }
@@ -742,7 +754,8 @@ class FakeDiscord:
     def _check_bot_request(self, request: web.Request, params: Mapping[str, str]) -> None:
         """Bot-token routes: authorization, then the bot's access to the channel or guild named in the path.
         Interaction callbacks and webhooks skip this: they work wherever the interaction came from."""
-        if "Authorization" not in request.headers:
+        authorization = request.headers.get("Authorization")
+        if authorization is None or (self.token is not None and authorization != f"Bot {self.token}"):
             raise ApiError(401, 0, "401: Unauthorized")
         if "channel" in params:
             self.world.check_bot_access(int(params["channel"]))

@@ -1,0 +1,92 @@
+"""Starting without a network: Discord and fal that cannot be reached yet are waited for, one line per try.
+
+A wrong token still stops the bot at once (`discord.LoginFailure` is not retried); a wrong fal key is
+logged once as an error, and the bot runs on (its jobs then fail with a clear message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import discord
+
+from bot.doctor import UNREACHABLE, FalStatus, Verdict, describe, probe_fal
+
+__all__ = ("OneLineReconnects", "backoff", "connect", "login", "watch_fal")
+
+log = logging.getLogger("bot")
+
+MAX_DELAY_SECONDS = 60.0
+
+
+def backoff(first: float, attempt: int) -> float:
+    """`first`, doubling with each attempt (1-based), at most a minute."""
+    return float(min(first * 2 ** (attempt - 1), MAX_DELAY_SECONDS))
+
+
+async def login(client: discord.Client, token: str, *, first_delay: float, stop: asyncio.Event) -> bool:
+    """Log in, waiting out an unreachable Discord; False when `stop` was set first."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await client.login(token)
+            return True
+        except UNREACHABLE as exc:
+            attempt += 1
+            delay = backoff(first_delay, attempt)
+            log.warning("Discord unreachable (%s); retrying in %.1fs", describe(exc), delay)
+            await _drop_session(client)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return False
+
+
+async def connect(client: discord.Client, *, stop: asyncio.Event) -> None:
+    """Run the gateway. discord.py reconnects on its own, except when the very first connection fails: it
+    then reads the previous socket, which is None, and dies of an AttributeError (Rapptz/discord.py#10520).
+    It has logged and waited out that failure already ("Attempting a reconnect"), so it is simply run again."""
+    while not stop.is_set():
+        try:
+            await client.connect()
+            return
+        except AttributeError:
+            if client.ws is not None or client.is_closed():
+                raise
+
+
+async def _drop_session(client: discord.Client) -> None:
+    """Each login opens a session with its own connector; close both so the next try starts clean."""
+    await client.http.close()
+    client.http.connector = discord.utils.MISSING
+
+
+async def watch_fal(fal: FalStatus, endpoint: str, *, where: str, first_delay: float) -> None:
+    """Ask fal (for free) whether the key is accepted, until it answers; log the verdict once."""
+    attempt = 0
+    while (probe := await probe_fal(fal, endpoint)).verdict is Verdict.UNAVAILABLE:
+        attempt += 1
+        delay = backoff(first_delay, attempt)
+        log.warning("fal unreachable at %s (%s); retrying in %.1fs", where, probe.detail, delay)
+        await asyncio.sleep(delay)
+    if probe.verdict is Verdict.ACCEPTED:
+        log.info("fal at %s accepts the key", where)
+    elif probe.verdict is Verdict.REFUSED:
+        log.error("fal at %s refused FAL_KEY (%s); jobs fail until it is fixed (python -m bot check)", where,
+                  probe.detail)  # fmt: skip
+    else:
+        log.warning("fal at %s answered unexpectedly (%s); python -m bot check", where, probe.detail)
+
+
+class OneLineReconnects(logging.Filter):
+    """discord.py logs every failed gateway reconnect at ERROR with a traceback, though it only means the
+    network is down; this makes each one a single WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Attempting a reconnect"):
+            reason = describe(record.exc_info[1]) if record.exc_info[1] else "?"
+            record.msg, record.args = f"{record.getMessage()} (gateway unreachable: {reason})", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
