@@ -108,7 +108,8 @@ async def start(bot: KontextBot, settings: Settings, stop: asyncio.Event) -> Non
 
 async def watch_fal(settings: Settings, fal: FalClient) -> None:
     where = str(yarl.URL(settings.fal_queue_url).with_user(None))
-    await startup.watch_fal(fal, settings.fal_endpoint, where=where, first_delay=settings.retry_base_seconds)
+    endpoint = settings.model(settings.default_model).endpoint
+    await startup.watch_fal(fal, endpoint, where=where, first_delay=settings.retry_base_seconds)
 
 
 @contextlib.asynccontextmanager

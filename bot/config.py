@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from bot.fal import DEFAULT_MODEL_ID, MODELS, ModelSpec, PerImage, find_model
 from bot.log import LogFormat
 
 __all__ = ("ConfigError", "Settings", "load_settings")
@@ -37,7 +39,6 @@ class Settings(BaseSettings):
     # fal queue.
     fal_queue_url: str = "https://queue.fal.run"
     fal_auth_scheme: Literal["Key", "Bearer"] = "Key"
-    fal_endpoint: str = "fal-ai/flux-pro/kontext/max/multi"
     # Where result images may be downloaded from: `host` or `host:port`; a name also covers its subdomains
     # (v3.fal.media, v3b.fal.media, ...); without a port only the scheme's default port is allowed.
     fal_result_hosts: Annotated[tuple[str, ...], NoDecode] = ("fal.media",)
@@ -72,8 +73,15 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_result_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
 
+    # Models (bot/fal/registry.py), by id or endpoint id; /kontext offers the enabled ones.
+    enabled_models: Annotated[tuple[str, ...], NoDecode] = tuple(model.id for model in MODELS)
+    default_model: str = DEFAULT_MODEL_ID  # must be enabled
+    # Before ENABLED_MODELS: the endpoint of the one model. Still accepted where it names DEFAULT_MODEL.
+    fal_endpoint: str | None = None
+
     # Cost and abuse control.
-    price_per_image_usd: Decimal = Field(default=Decimal("0.08"), ge=0)
+    # Before the registry priced each model: the price of a FLUX.1 Kontext [max] multi image (a reseller's, say).
+    price_per_image_usd: Decimal | None = Field(default=None, ge=0)
     max_concurrent_jobs_per_user: int = Field(default=2, ge=1)
     daily_images_per_user: int = Field(default=20, ge=0)
     daily_images_per_guild: int = Field(default=200, ge=0)
@@ -91,7 +99,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # the Docker image sets 0.0.0.0: inside a container loopback is unreachable
 
-    @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", mode="before")
+    @field_validator("fal_result_hosts", "allowed_guild_ids", "allowed_role_ids", "enabled_models", mode="before")
     @classmethod
     def _list_from_env(cls, value: Any) -> Any:
         """Lists in the environment may be JSON (`[1, 2]`) or comma separated (`1,2`)."""
@@ -124,13 +132,62 @@ class Settings(BaseSettings):
             raise ValueError("must start with ws:// or wss://")
         return value
 
+    @field_validator("enabled_models")
+    @classmethod
+    def _registered_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        ids = tuple(dict.fromkeys(_model_id(name) for name in value))
+        if not ids:
+            raise ValueError(f"name at least one model: {_REGISTERED}")
+        return ids
+
+    @field_validator("default_model")
+    @classmethod
+    def _enabled_default(cls, value: str, info: ValidationInfo) -> str:
+        model_id = _model_id(value)
+        enabled = info.data.get("enabled_models")
+        if enabled is not None and model_id not in enabled:
+            raise ValueError(f"must be one of ENABLED_MODELS ({', '.join(enabled)})")
+        return model_id
+
     @field_validator("fal_endpoint")
     @classmethod
-    def _endpoint_has_owner_and_alias(cls, value: str) -> str:
+    def _endpoint_of_the_default(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         value = value.strip("/")
         if not _ENDPOINT.fullmatch(value) or any(part.strip(".") == "" for part in value.split("/")):
             raise ValueError("must look like owner/alias[/path] of letters, digits, '.', '_' and '-'")
+        model, default = find_model(value), info.data.get("default_model")
+        if default is not None and (model is None or model.id != default):
+            raise ValueError("replaced by DEFAULT_MODEL (a model id, see ENABLED_MODELS); remove it or make them agree")
         return value
+
+    # --- the models, as the bot uses them -----------------------------------------------------------
+
+    def model(self, model_id: str) -> ModelSpec:
+        """A registered model by id, with PRICE_PER_IMAGE_USD applied to Kontext [max] multi if set."""
+        model = find_model(model_id)
+        if model is None:
+            raise LookupError(f"no registered model {model_id!r}")
+        if self.price_per_image_usd is not None and model.id == LEGACY_PRICED:
+            return replace(model, pricing=PerImage(self.price_per_image_usd))
+        return model
+
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """The enabled models, in ENABLED_MODELS order."""
+        return tuple(self.model(model_id) for model_id in self.enabled_models)
+
+
+_REGISTERED = ", ".join(model.id for model in MODELS)
+LEGACY_PRICED = DEFAULT_MODEL_ID  # the one model PRICE_PER_IMAGE_USD priced before the registry
+
+
+def _model_id(name: str) -> str:
+    model = find_model(name.strip())
+    if model is None:  # the value is not echoed: every message here avoids it
+        raise ValueError(f"not a registered model; use one of {_REGISTERED}")
+    return model.id
 
 
 def load_settings(**overrides: object) -> Settings:

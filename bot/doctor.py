@@ -113,7 +113,7 @@ async def probe_fal(fal: FalStatus, endpoint: str) -> FalProbe:
 
 async def check_fal(settings: Settings, fal: FalStatus) -> Result:
     where = str(URL(settings.fal_queue_url).with_user(None))
-    probe = await probe_fal(fal, settings.fal_endpoint)
+    probe = await probe_fal(fal, settings.model(settings.default_model).endpoint)
     if probe.verdict is Verdict.ACCEPTED:
         return Result("fal", True, f"{where} accepted the key ({probe.detail}; nothing paid)")
     if probe.verdict is Verdict.REFUSED:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.fal import KontextInput, KontextOutput
+from bot.fal import EditRequest, KontextOutput
 from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, DEFAULT_ENDPOINT, Job, JobState
 from bot.quota import Denial, UsageSnapshot
 
@@ -309,7 +309,7 @@ def _job(row: aiosqlite.Row) -> Job:
         guild_id=row["guild_id"],
         channel_id=row["channel_id"],
         endpoint=row["endpoint"],
-        request=KontextInput.model_validate_json(row["request_json"]),
+        request=EditRequest.from_json(row["request_json"]),  # also Kontext's own body, in rows from before
         request_id=row["request_id"],
         queue_position=row["queue_position"],
         origin_message_id=row["origin_message_id"],

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.fal import OutputImage
+from bot.fal import ModelSpec, OutputImage, find_model
 from bot.i18n import t
 from bot.jobs import CancelOutcome, CancelResult, Job
 from bot.messages import describe_failure
-from cogs.inputs import NUM_IMAGES, SEED, ImageRef, JobOptions
+from cogs.inputs import ImageRef, JobOptions
 from cogs.launch import Draft, Launcher, launcher_of, take_back
 from cogs.refresh import refresh_discord_urls
 from cogs.replies import UserFacingError, replying, send_ephemeral
@@ -69,15 +69,20 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
     # --- Reroll ---------------------------------------------------------------------------------
 
     async def _reroll(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """The same inputs and options with a new seed; answered first, since it needs the store."""
+        """The same model, inputs and options with a new seed; answered first, since it needs the store."""
         await interaction.response.defer(thinking=True)
         try:
             job = await self._job(job_id)
             if interaction.user.id != job.user_id and not interaction.permissions.manage_messages:
                 raise UserFacingError(_not_yours(job))
+            model = _model_of(job)
             urls = await refresh_discord_urls(self.bot, job.request.image_urls)
-            request = job.request.model_copy(update={"image_urls": urls, "seed": random.randint(*SEED)})
-            await self.launcher.from_request(interaction, request, origin_of(interaction, "reroll"))
+            update: dict[str, Any] = {"image_urls": urls}
+            seeds = model.option("seed")
+            if seeds is not None and seeds.span is not None:
+                update["seed"] = random.randint(int(seeds.span[0]), int(seeds.span[1]))
+            request = job.request.model_copy(update=update)
+            await self.launcher.from_request(interaction, request, model.id, origin_of(interaction, "reroll"))
         except UserFacingError as exc:
             await take_back(interaction, str(exc))
 
@@ -91,6 +96,7 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
         modal = PromptModal(
             t("Edit again"), on_values, default_prompt=job.request.prompt,
             max_length=self.bot.settings.max_prompt_length, image_count=len(job.result.images),
+            max_results=_model_of(job).max_outputs,
         )  # fmt: skip
         await interaction.response.send_modal(modal)
 
@@ -98,11 +104,12 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
         self, interaction: discord.Interaction[Any], values: dict[str, str], *, job: Job
     ) -> None:
         async with replying(interaction):
+            model = _model_of(job)  # an edit of a result stays on the model that made it
             images = job.result.images if job.result else ()
             which = parse_count(values.get("which", "1"), t("Which result"), len(images))
-            count = parse_count(values["num_images"], t("Number of results"), NUM_IMAGES[1])
+            count = parse_count(values["num_images"], t("Number of results"), model.max_outputs)
             options = JobOptions(num_images=count, output_format=job.request.output_format)
-            draft = Draft(values["prompt"], (_as_input(images[which - 1]),), options)
+            draft = Draft(values["prompt"], (_as_input(images[which - 1]),), options, model=model.id)
             await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "edit_again"))
 
     # --- Use as input ---------------------------------------------------------------------------
@@ -127,8 +134,16 @@ def _not_yours(job: Job) -> str:
     )
 
 
+def _model_of(job: Job) -> ModelSpec:
+    model = find_model(job.endpoint)
+    if model is None:
+        raise UserFacingError(t("The model of this job is not available any more."))
+    return model
+
+
 def _as_input(image: OutputImage) -> ImageRef:
-    return ImageRef(image.url, "result", content_type=image.content_type)
+    pixels = image.width * image.height if image.width and image.height else None
+    return ImageRef(image.url, "result", content_type=image.content_type, pixels=pixels)
 
 
 def _cancel_text(result: CancelResult) -> str:

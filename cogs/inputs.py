@@ -1,8 +1,8 @@
-"""Turning Discord attachments, embeds and options into a checked Kontext request.
+"""Turning Discord attachments, embeds and options into a checked edit request for one model.
 
 Everything here runs before any paid call; a problem raises `UserFacingError` with a text for the user.
-The limits of each option live in one place, the `KontextInput` model: the slash command's ranges and
-choices and the checks here are read from it.
+The limits of each option live in one place, the model registry (`bot.fal.registry`): the slash command's
+ranges and choices (the widest any model allows) and the checks here (the chosen model's) are read from it.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal, get_args, get_origin
 
-import annotated_types
 import discord
 from pydantic import ValidationError
 from yarl import URL
 
 from bot.config import Settings
-from bot.fal import KontextInput
+from bot.fal import MODELS, EditRequest, ModelSpec, Problem, option_choices, option_span
 from bot.i18n import t, tn
 from cogs.replies import UserFacingError
 
@@ -33,9 +31,11 @@ __all__ = (
     "ImageRef",
     "JobOptions",
     "build_request",
+    "check_fits",
     "check_images",
     "clean_prompt",
     "images_of_message",
+    "problem_text",
 )
 
 ACCEPTED_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
@@ -44,27 +44,17 @@ EXTENSION_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jp
 BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
 
 
-def _bounds(name: str) -> tuple[int, int]:
-    """The `ge`/`le` bounds of a numeric `KontextInput` field."""
-    metadata = KontextInput.model_fields[name].metadata
-    low: Any = next(m.ge for m in metadata if isinstance(m, annotated_types.Ge))
-    high: Any = next(m.le for m in metadata if isinstance(m, annotated_types.Le))
+def _int_span(name: str) -> tuple[int, int]:
+    low, high = option_span(name)
     return int(low), int(high)
 
 
-def _choices(name: str) -> tuple[str, ...]:
-    """The values of a `Literal` (or optional `Literal`) `KontextInput` field."""
-    annotation: Any = KontextInput.model_fields[name].annotation
-    literal = next(arg for arg in (annotation, *get_args(annotation)) if get_origin(arg) is Literal)
-    return tuple(str(value) for value in get_args(literal))
-
-
-GUIDANCE = _bounds("guidance_scale")
-NUM_IMAGES = _bounds("num_images")
-SEED = _bounds("seed")
-OUTPUT_FORMATS = _choices("output_format")
-SAFETY_LEVELS = _choices("safety_tolerance")
-ASPECT_RATIOS = _choices("aspect_ratio")
+GUIDANCE = option_span("guidance_scale")
+NUM_IMAGES = (1, max(model.max_outputs for model in MODELS))
+SEED = _int_span("seed")
+OUTPUT_FORMATS = option_choices("output_format")
+SAFETY_LEVELS = option_choices("safety_tolerance")
+ASPECT_RATIOS = option_choices("aspect_ratio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +66,16 @@ class ImageRef:
     content_type: str | None = None
     size: int | None = None
     decodable: bool | None = None  # False: Discord could not read it as an image (no width/height)
+    pixels: int | None = None  # width x height, where known (per-megapixel prices count them)
 
     @classmethod
     def from_attachment(cls, attachment: discord.Attachment) -> ImageRef:
+        pixels = _pixels(attachment.width, attachment.height)
         return cls(attachment.url, attachment.filename, attachment.content_type, attachment.size,
-                   decodable=attachment.width is not None)  # fmt: skip
+                   decodable=attachment.width is not None, pixels=pixels)  # fmt: skip
 
     @classmethod
-    def from_url(cls, url: str) -> ImageRef | None:
+    def from_url(cls, url: str, pixels: int | None = None) -> ImageRef | None:
         """A link's image, only over http(s); None for anything else or a malformed URL."""
         try:
             parsed = URL(url)
@@ -91,7 +83,7 @@ class ImageRef:
             return None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             return None
-        return cls(url, PurePosixPath(parsed.path).name or "image")
+        return cls(url, PurePosixPath(parsed.path).name or "image", pixels=pixels)
 
     @property
     def effective_type(self) -> str | None:
@@ -102,26 +94,60 @@ class ImageRef:
 
 @dataclass(frozen=True, slots=True)
 class JobOptions:
-    """The endpoint options a user can set; None keeps fal's default."""
+    """The options a user can set; None (and one image) keeps the model's default."""
 
     guidance_scale: float | None = None
     num_images: int = 1
-    output_format: str = "jpeg"
+    output_format: str | None = None
     safety_tolerance: str | None = None
     aspect_ratio: str | None = None
     seed: int | None = None
 
 
-def build_request(prompt: str, images: Sequence[ImageRef], options: JobOptions, settings: Settings) -> KontextInput:
-    """Check everything we can check locally and build the request. Raises `UserFacingError`."""
+def build_request(
+    prompt: str, images: Sequence[ImageRef], options: JobOptions, settings: Settings, model: ModelSpec
+) -> EditRequest:
+    """Check everything we can check locally, for `model`, and build the request. Raises `UserFacingError`."""
     text = clean_prompt(prompt, settings.max_prompt_length)
-    check_images(images, settings)
+    check_images(images, settings, model)
     try:
-        return KontextInput.model_validate(
-            {"prompt": text, "image_urls": tuple(image.url for image in images), **asdict(options)}
-        )
+        request = EditRequest(prompt=text, image_urls=tuple(image.url for image in images),
+                              image_pixels=tuple(image.pixels for image in images), **asdict(options))  # fmt: skip
     except ValidationError as exc:
-        raise UserFacingError(_option_problem(exc)) from None
+        field = str(exc.errors(include_url=False)[0]["loc"][0])
+        raise UserFacingError(t("The option {name} is not valid.", name=field)) from None
+    check_fits(request, model)
+    return request
+
+
+def check_fits(request: EditRequest, model: ModelSpec) -> None:
+    """Refuse what `model` cannot take (an option it lacks, a value out of its range, too many images)."""
+    problems = model.problems(request)
+    if problems:
+        raise UserFacingError(problem_text(problems[0], len(request.image_urls), request.num_images))
+
+
+def problem_text(problem: Problem, inputs: int, outputs: int = 1) -> str:
+    """What is wrong, naming the model and what it takes; `inputs` and `outputs` are the job's image counts."""
+    model, option = problem.model.name, problem.option
+    if problem.name == "images":
+        return tn("{model} takes at most {count} input image; this job has {given}.",
+                  "{model} takes at most {count} input images; this job has {given}.", problem.limit,
+                  model=model, given=inputs)  # fmt: skip
+    if problem.name == "images_in_and_out":
+        return t("{model} takes at most {limit} images in and out together; {given} in and {asked} out are too many.",
+                 model=model, limit=problem.limit, given=inputs, asked=outputs)  # fmt: skip
+    if problem.name == "num_images":  # a model without the option makes one image
+        return t("For {model}, num_images must be from 1 to {high}.", model=model, high=problem.model.max_outputs)
+    if option is None:
+        return t("{model} has no {option} option; leave it out or choose another model.", model=model,
+                 option=problem.name)  # fmt: skip
+    if option.span is not None:
+        low, high = (_number(value) for value in option.span)
+        return t("For {model}, {option} must be from {low} to {high}.", model=model, option=option.name, low=low,
+                 high=high)  # fmt: skip
+    return t("For {model}, {option} must be one of {choices}.", model=model, option=option.name,
+             choices=", ".join(option.choices))  # fmt: skip
 
 
 def clean_prompt(prompt: str | None, limit: int) -> str:
@@ -157,7 +183,8 @@ def _embed_image(embed: discord.Embed) -> ImageRef | None:
     """The copy Discord's media proxy already fetched, never the link's own URL (which could point anywhere)."""
     media = embed.image if embed.image.url else (embed.thumbnail if embed.type == "image" else None)
     proxy_url = media.proxy_url if media is not None else None
-    return ImageRef.from_url(proxy_url) if proxy_url else None
+    pixels = _pixels(getattr(media, "width", None), getattr(media, "height", None))
+    return ImageRef.from_url(proxy_url, pixels) if proxy_url else None
 
 
 def _looks_like_image(attachment: discord.Attachment) -> bool:
@@ -169,13 +196,15 @@ def _visible(text: str) -> bool:
     return any(not char.isspace() and unicodedata.category(char) not in ("Cf", "Cc") for char in text)
 
 
-def check_images(images: Sequence[ImageRef], settings: Settings) -> None:
+def check_images(images: Sequence[ImageRef], settings: Settings, model: ModelSpec) -> None:
     if not images:
         raise UserFacingError(t("Please attach at least one image (PNG, JPEG or WebP)."))
     if len(images) > settings.max_images:
         raise UserFacingError(tn("You gave {count} image; at most {limit} can be combined.",
                                  "You gave {count} images; at most {limit} can be combined.",
                                  len(images), limit=settings.max_images))  # fmt: skip
+    if len(images) > model.max_images:
+        raise UserFacingError(problem_text(Problem(model, "images", limit=model.max_images), len(images)))
     for number, image in enumerate(images, start=1):
         _check_image(number, image, settings.max_image_bytes)
 
@@ -194,20 +223,12 @@ def _check_image(number: int, image: ImageRef, max_bytes: int) -> None:
         raise UserFacingError(t("Image {number} (`{name}`) is empty.", number=number, name=name))
 
 
-_OPTION_RULES = {
-    "guidance_scale": lambda: t("guidance_scale must be from {low} to {high}.", low=GUIDANCE[0], high=GUIDANCE[1]),
-    "num_images": lambda: t("num_images must be from {low} to {high}.", low=NUM_IMAGES[0], high=NUM_IMAGES[1]),
-    "seed": lambda: t("seed must be from {low} to {high}.", low=SEED[0], high=SEED[1]),
-    "output_format": lambda: t("output_format must be one of {choices}.", choices=", ".join(OUTPUT_FORMATS)),
-    "safety_tolerance": lambda: t("safety_tolerance must be one of {choices}.", choices=", ".join(SAFETY_LEVELS)),
-    "aspect_ratio": lambda: t("aspect_ratio must be one of {choices}.", choices=", ".join(ASPECT_RATIOS)),
-}
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
-def _option_problem(exc: ValidationError) -> str:
-    field = str(exc.errors(include_url=False)[0]["loc"][0])
-    rule = _OPTION_RULES.get(field)
-    return rule() if rule else t("The option {name} is not valid.", name=field)
+def _pixels(width: int | None, height: int | None) -> int | None:
+    return width * height if width and height else None
 
 
 def _sizes(size: int, limit: int) -> tuple[str, str]:

@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
-from bot.fal import KontextInput
+from bot.fal import EditRequest, ModelSpec
 from bot.i18n import DEFAULT_LOCALE, t, using_locale
 from bot.jobs import Job
 from bot.log import log_context
 from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
-from cogs.inputs import ImageRef, JobOptions, build_request
+from cogs.inputs import ImageRef, JobOptions, build_request, check_fits
 from cogs.render import denial_text, render_status
 from cogs.replies import NO_MENTIONS, UserFacingError
 from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget, StatusMessage, StatusTarget
@@ -32,7 +32,7 @@ from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("Draft", "Launcher", "Origin", "launcher_of", "take_back")
+__all__ = ("DefaultModel", "Draft", "Launcher", "Origin", "launcher_of", "take_back")
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,19 @@ class Origin:
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A request as the user gave it; `use_pin` puts their pinned image ("Use as input") first."""
+    """A request as the user gave it; `use_pin` puts their pinned image ("Use as input") first. `model` is
+    the model id they chose; None: the default (`Launcher.model_for`)."""
 
     prompt: str
     images: tuple[ImageRef, ...]
     options: JobOptions
     use_pin: bool = False
+    model: str | None = None
+
+
+# Where a user's or a server's own default model plugs in: a model id, or None for no opinion. Asked before
+# the interaction is answered, so it must not wait on I/O (keep such settings in memory).
+DefaultModel = Callable[[Origin], str | None]
 
 
 class Launcher:
@@ -67,21 +74,34 @@ class Launcher:
         self.settings = bot.settings
         self.pacer = EditPacer(interval=bot.settings.status_edit_interval_seconds,
                                per_second=bot.settings.status_edits_per_second)  # fmt: skip
+        self.defaults: list[DefaultModel] = []  # asked in order (say, the user's setting, then the server's)
 
     # --- checks that need no database ---------------------------------------------------------
 
-    def check(self, draft: Draft, origin: Origin) -> KontextInput:
-        """Everything checkable in memory: the input, the access lists, the load. Raises `UserFacingError`."""
+    def check(self, draft: Draft, origin: Origin) -> tuple[ModelSpec, EditRequest]:
+        """Everything checkable in memory: the model, the input, the access lists, the load. Raises
+        `UserFacingError`."""
         self.check_access(origin.user, origin.guild_id)
-        request = build_request(draft.prompt, draft.images, draft.options, self.settings)
+        model = self.model_for(draft.model, origin)
+        request = build_request(draft.prompt, draft.images, draft.options, self.settings, model)
         self.check_load()
-        return request
+        return model, request
 
     def check_load(self) -> None:
         """Past the load bounds a new request is refused now, cheaply, instead of waiting behind all the rest."""
         seconds = self.bot.load_guard.busy_for()
         if seconds is not None:
             raise UserFacingError(t("I'm very busy right now; please try again in about {seconds} s.", seconds=seconds))
+
+    def model_for(self, choice: str | None, origin: Origin) -> ModelSpec:
+        """The model a job runs on: the user's choice (refused with `UserFacingError` unless enabled), else the
+        first enabled model a default hook names, else DEFAULT_MODEL."""
+        enabled = self.settings.enabled_models
+        if choice is not None and choice not in enabled:
+            names = ", ".join(model.name for model in self.settings.models)
+            raise UserFacingError(t("That model is not available here. Choose one of: {names}.", names=names))
+        defaults = (found for ask in self.defaults if (found := ask(origin)) in enabled)
+        return self.settings.model(choice or next(defaults, self.settings.default_model))
 
     def check_access(self, user: discord.User | discord.Member, guild_id: int | None) -> None:
         allowed_guilds, allowed_roles = self.settings.allowed_guild_ids, self.settings.allowed_role_ids
@@ -94,25 +114,28 @@ class Launcher:
     def limits(self) -> Limits:
         return Limits.from_settings(self.settings)
 
-    def cost(self, images: int) -> Decimal:
-        return self.settings.price_per_image_usd * images
-
     # --- interactions ---------------------------------------------------------------------------
 
     async def from_interaction(self, interaction: discord.Interaction[Any], draft: Draft, origin: Origin) -> None:
         """Check in memory, answer with the status message (or turn a defer into it), then admit and submit."""
-        await self._launch(interaction, self.check(draft, origin), origin, draft)
+        model, request = self.check(draft, origin)
+        await self._launch(interaction, model, request, origin, draft)
 
-    async def from_request(self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin) -> None:
-        """Launch a request built from an earlier job (Reroll): its inputs were checked when it first ran."""
+    async def from_request(
+        self, interaction: discord.Interaction[Any], request: EditRequest, model_id: str, origin: Origin
+    ) -> None:
+        """Launch a request built from an earlier job (Reroll) on that job's model, if it is still enabled."""
         self.check_access(origin.user, origin.guild_id)
+        model = self.model_for(model_id, origin)
+        check_fits(request, model)
         self.check_load()
-        await self._launch(interaction, request, origin, None)
+        await self._launch(interaction, model, request, origin, None)
 
     async def _launch(
-        self, interaction: discord.Interaction[Any], request: KontextInput, origin: Origin, draft: Draft | None
-    ) -> None:
-        job = self._new_job(request, origin)
+        self, interaction: discord.Interaction[Any], model: ModelSpec, request: EditRequest, origin: Origin,
+        draft: Draft | None,
+    ) -> None:  # fmt: skip
+        job = self._new_job(model, request, origin)
         with log_context(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id), self.bot.load_guard.admission():
             await self._answer_and_launch(interaction, job, origin, draft)
 
@@ -149,15 +172,16 @@ class Launcher:
         if pinned is None:
             return job
         images = (ImageRef(pinned[0], "pinned", content_type=pinned[1]), *draft.images)
-        request = build_request(draft.prompt, images, draft.options, self.settings)
-        return job.update(request=request)
+        model = self.settings.model(job.model.id)  # with the operator's price
+        request = build_request(draft.prompt, images, draft.options, self.settings, model)
+        return job.update(request=request, cost_usd=model.estimate(request))
 
     # --- the reaction trigger (no interaction) ----------------------------------------------------
 
-    async def from_message(self, request: KontextInput, origin: Origin) -> None:
+    async def from_message(self, model: ModelSpec, request: EditRequest, origin: Origin) -> None:
         """Post the status as a reply to the message, then admit; a refusal replaces the status for a minute."""
         channel = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
-        job = self._new_job(request, origin)
+        job = self._new_job(model, request, origin)
         reply = channel.get_partial_message(origin.message_id) if origin.message_id else discord.utils.MISSING
         target = ChannelTarget(self.bot, origin.channel_id, None)
         status = self._status(job, target)
@@ -187,11 +211,11 @@ class Launcher:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _new_job(self, request: KontextInput, origin: Origin) -> Job:
+    def _new_job(self, model: ModelSpec, request: EditRequest, origin: Origin) -> Job:
         return Job(
             request=request, user_id=origin.user.id, channel_id=origin.channel_id, guild_id=origin.guild_id,
-            source=origin.source, origin_message_id=origin.message_id, cost_usd=self.cost(request.num_images),
-            locale=origin.locale,
+            source=origin.source, origin_message_id=origin.message_id, endpoint=model.endpoint,
+            cost_usd=model.estimate(request), locale=origin.locale,
         )  # fmt: skip
 
     def _status(self, job: Job, target: StatusTarget, *, shown: bool = True) -> StatusMessage:

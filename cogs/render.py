@@ -7,17 +7,40 @@ from decimal import Decimal
 
 import discord
 
+from bot.fal import ModelSpec, PerImage, find_model
 from bot.i18n import t, tn
 from bot.jobs import Job, JobState
 from bot.quota import Denial, DenialKind
 
-__all__ = ("denial_text", "job_link", "money", "prompt_quote", "render_result", "render_status")
+__all__ = (
+    "denial_text", "job_link", "model_name", "money", "price_text", "prompt_quote", "render_result", "render_status",
+)  # fmt: skip
 
 PROMPT_PREVIEW = 300
+CENT = Decimal("0.01")
 
 
 def money(amount: Decimal) -> str:
-    return f"${amount:.2f}"
+    """Dollars with cents, or with tenths of a cent where a price has them ($0.045)."""
+    exact = amount.quantize(Decimal("0.001"))
+    return f"${exact:.2f}" if exact == exact.quantize(CENT) else f"${exact}"
+
+
+def model_name(endpoint: str) -> str:
+    """The name of the model behind `endpoint` (the endpoint itself for one the registry lost)."""
+    model = find_model(endpoint)
+    return model.name if model is not None else endpoint
+
+
+def price_text(model: ModelSpec) -> str:
+    pricing = model.pricing
+    if isinstance(pricing, PerImage):
+        return t("{price} per image", price=money(pricing.usd))
+    if pricing.counts_inputs:
+        return t("{first} for the first megapixel, {extra} for each further one, input images included",
+                 first=money(pricing.first_usd), extra=money(pricing.extra_usd))  # fmt: skip
+    return t("{first} for the first megapixel, {extra} for each further one",
+             first=money(pricing.first_usd), extra=money(pricing.extra_usd))  # fmt: skip
 
 
 def prompt_quote(prompt: str, limit: int = PROMPT_PREVIEW) -> str:
@@ -36,8 +59,9 @@ def job_link(guild_id: int | None, channel_id: int, message_id: int | None = Non
 
 def render_status(job: Job) -> str:
     header = t(
-        "**Kontext** for <@{user}> · {inputs} image(s) in, {outputs} out · est. {cost}",
-        user=job.user_id, inputs=len(job.request.image_urls), outputs=job.num_images, cost=money(job.cost_usd),
+        "**{model}** for <@{user}> · {inputs} image(s) in, {outputs} out · est. {cost}",
+        model=model_name(job.endpoint), user=job.user_id, inputs=len(job.request.image_urls), outputs=job.num_images,
+        cost=money(job.cost_usd),
     )  # fmt: skip
     return f"{header}\n{prompt_quote(job.request.prompt)}\n{_state_line(job)}"
 
@@ -84,12 +108,7 @@ def _queue_place(ahead: int | None) -> str:
 
 def render_result(job: Job, *, posted: int, withheld: int, linked: list[str], missing: int) -> str:
     """The text above the result files."""
-    seed = job.result.seed if job.result else None
-    lines = [
-        t("<@{user}> here is your edit · seed `{seed}` · cost {cost}", user=job.user_id, seed=seed,
-          cost=money(job.cost_usd)),
-        prompt_quote(job.request.prompt),
-    ]  # fmt: skip
+    lines = [_result_header(job), prompt_quote(job.request.prompt)]
     if withheld:
         lines.append(tn("🙈 {count} image withheld: the safety filter flagged it and this channel is not NSFW.",
                         "🙈 {count} images withheld: the safety filter flagged them and this channel is not NSFW.",
@@ -102,6 +121,14 @@ def render_result(job: Job, *, posted: int, withheld: int, linked: list[str], mi
     if not posted and not linked and not withheld and not missing:
         lines.append(t("The image service returned no images."))
     return "\n".join(lines)
+
+
+def _result_header(job: Job) -> str:
+    seed = job.result.seed if job.result else None
+    params = {"user": job.user_id, "model": model_name(job.endpoint), "cost": money(job.cost_usd), "seed": seed}
+    if seed is None:  # a model that reports no seed
+        return t("<@{user}> here is your edit · {model} · est. {cost}", **params)
+    return t("<@{user}> here is your edit · {model} · seed `{seed}` · est. {cost}", **params)
 
 
 def denial_text(denial: Denial) -> str:

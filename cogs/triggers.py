@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.fal import ModelSpec
 from bot.i18n import t, using_locale
 from bot.quota import decide
 from cogs.inputs import (
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_WAIT_SECONDS = 120
 NOTICE_SECONDS = 60
+DESCRIPTION = "Edit or combine images with FLUX.1 Kontext [max] or another model"
 Choice = app_commands.Choice
 
 
@@ -60,16 +63,65 @@ def origin_of(interaction: discord.Interaction[Any], source: str, message_id: in
                   str(interaction.locale))  # fmt: skip
 
 
+KontextRun = Callable[
+    [discord.Interaction[Any], str, tuple[ImageRef, ...], JobOptions, str | None], Coroutine[Any, Any, None]
+]
+
+
+def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_commands.Command[Any, ..., None]:
+    """/kontext, its `model` option offering `models`. Built per bot, since the enabled models are settings;
+    the other options' ranges and choices are the widest any registered model allows (each model checks its own)."""
+
+    @app_commands.describe(
+        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1'",
+        image1="First image (PNG, JPEG or WebP)", image2="Second image", image3="Third image", image4="Fourth image",
+        guidance_scale="How closely to follow the prompt (1-20, default 3.5; Kontext only)",
+        num_images="How many results", output_format="File format of the results",
+        safety_tolerance="1 is strictest, higher is more permissive (default 2)",
+        aspect_ratio="Aspect ratio of the result", seed="Same seed + same inputs = same result",
+        model="Which model makes the edit; each has its own price (see /kontext-usage)",
+    )  # fmt: skip
+    @app_commands.choices(
+        output_format=[Choice(name=value.upper(), value=value) for value in OUTPUT_FORMATS],
+        safety_tolerance=[Choice(name=value, value=value) for value in SAFETY_LEVELS],
+        aspect_ratio=[Choice(name=value, value=value) for value in ASPECT_RATIOS],
+        model=[Choice(name=model.name, value=model.id) for model in models],
+    )
+    async def kontext(
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        image1: discord.Attachment | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        model: str | None = None,
+        guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
+        num_images: app_commands.Range[int, NUM_IMAGES[0], NUM_IMAGES[1]] = 1,
+        output_format: str | None = None,
+        safety_tolerance: str | None = None,
+        aspect_ratio: str | None = None,
+        seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
+    ) -> None:
+        images = tuple(ImageRef.from_attachment(a) for a in (image1, image2, image3, image4) if a is not None)
+        options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
+        await run(interaction, prompt, images, options, model)
+
+    return app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext)
+
+
 class Triggers(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
+        self.kontext_command = kontext_command(self.kontext, bot.settings.models)
         self.edit_menu = app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext)
         self._questions: set[tuple[int, int]] = set()  # (channel, member) whose reaction is being handled
 
     async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.kontext_command)
         self.bot.tree.add_command(self.edit_menu)
 
     async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.kontext_command.name)
         self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
 
     @property
@@ -78,38 +130,12 @@ class Triggers(commands.Cog):
 
     # --- /kontext ---------------------------------------------------------------------------------
 
-    @app_commands.command(name="kontext", description="Edit or combine up to 4 images with FLUX.1 Kontext [max]")
-    @app_commands.describe(
-        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1'",
-        image1="First image (PNG, JPEG or WebP)", image2="Second image", image3="Third image", image4="Fourth image",
-        guidance_scale="How closely to follow the prompt (1-20, default 3.5)", num_images="How many results (1-4)",
-        output_format="File format of the results", safety_tolerance="1 is strictest, 6 most permissive (default 2)",
-        aspect_ratio="Aspect ratio of the result", seed="Same seed + same inputs = same result",
-    )  # fmt: skip
-    @app_commands.choices(
-        output_format=[Choice(name=value.upper(), value=value) for value in OUTPUT_FORMATS],
-        safety_tolerance=[Choice(name=value, value=value) for value in SAFETY_LEVELS],
-        aspect_ratio=[Choice(name=value, value=value) for value in ASPECT_RATIOS],
-    )
     async def kontext(
-        self,
-        interaction: discord.Interaction[Any],
-        prompt: str,
-        image1: discord.Attachment | None = None,
-        image2: discord.Attachment | None = None,
-        image3: discord.Attachment | None = None,
-        image4: discord.Attachment | None = None,
-        guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
-        num_images: app_commands.Range[int, NUM_IMAGES[0], NUM_IMAGES[1]] = 1,
-        output_format: str = OUTPUT_FORMATS[0],
-        safety_tolerance: str | None = None,
-        aspect_ratio: str | None = None,
-        seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
-    ) -> None:
+        self, interaction: discord.Interaction[Any], prompt: str, images: tuple[ImageRef, ...], options: JobOptions,
+        model: str | None,
+    ) -> None:  # fmt: skip
         async with replying(interaction):
-            images = tuple(ImageRef.from_attachment(a) for a in (image1, image2, image3, image4) if a is not None)
-            options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
-            draft = Draft(prompt, images, options, use_pin=True)
+            draft = Draft(prompt, images, options, use_pin=True, model=model)
             await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "slash"))
 
     # --- "Edit with Kontext" message menu -----------------------------------------------------------
@@ -119,10 +145,12 @@ class Triggers(commands.Cog):
             images = images_of_message(message)
             if not images:
                 raise UserFacingError(t("That message has no images I can use (PNG, JPEG or WebP)."))
-            check_images(images, self.bot.settings)  # before the user types a prompt for nothing
             self.launcher.check_access(interaction.user, interaction.guild_id)
+            model = self.launcher.model_for(None, origin_of(interaction, "context_menu", message.id))
+            check_images(images, self.bot.settings, model)  # before the user types a prompt for nothing
             on_values = functools.partial(self._menu_submitted, message_id=message.id, images=tuple(images))
-            modal = PromptModal(t("Edit with Kontext"), on_values, max_length=self.bot.settings.max_prompt_length)
+            modal = PromptModal(t("Edit with Kontext"), on_values, max_length=self.bot.settings.max_prompt_length,
+                                max_results=model.max_outputs)  # fmt: skip
             await interaction.response.send_modal(modal)
 
     async def _menu_submitted(
@@ -130,9 +158,11 @@ class Triggers(commands.Cog):
         images: tuple[ImageRef, ...],
     ) -> None:  # fmt: skip
         async with replying(interaction):
-            count = parse_count(values["num_images"], t("Number of results"), NUM_IMAGES[1])
-            draft = Draft(values["prompt"], images, JobOptions(num_images=count), use_pin=True)
-            await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "context_menu", message_id))
+            origin = origin_of(interaction, "context_menu", message_id)
+            model = self.launcher.model_for(None, origin)
+            count = parse_count(values["num_images"], t("Number of results"), model.max_outputs)
+            draft = Draft(values["prompt"], images, JobOptions(num_images=count), use_pin=True, model=model.id)
+            await self.launcher.from_interaction(interaction, draft, origin)
 
     # --- reaction trigger -------------------------------------------------------------------------
 
@@ -169,10 +199,11 @@ class Triggers(commands.Cog):
             prompt = self._prompt_in(message) or await self._ask_for_prompt(message, member)
             if prompt is None:
                 return
-            request = build_request(prompt, images, JobOptions(), self.bot.settings)
             origin = Origin(member, payload.channel_id, payload.guild_id, "reaction", message.id,
                             str(member.guild.preferred_locale))  # fmt: skip
-            await self.launcher.from_message(request, origin)
+            model = self.launcher.model_for(None, origin)
+            request = build_request(prompt, images, JobOptions(), self.bot.settings, model)
+            await self.launcher.from_message(model, request, origin)
         except UserFacingError as exc:
             await _notice(message, member, str(exc))
 

@@ -1,21 +1,26 @@
-"""/kontext-usage: what a user (and, for server managers, the server) used today."""
+"""/kontext-usage: what a user (and, for server managers, the server) used today, each job with its model and
+estimated cost, and the price of each model on offer."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n import t
+from bot.i18n import t, tn
+from bot.jobs import BILLABLE_STATES, Job
 from bot.quota import Limits, day_start
-from cogs.render import money
+from cogs.render import model_name, money, price_text
 from cogs.replies import replying, send_ephemeral
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
+
+JOBS_LISTED = 10  # the newest of today's jobs, one line each
 
 
 class Usage(commands.Cog):
@@ -32,18 +37,49 @@ class Usage(commands.Cog):
         now = datetime.now(UTC)
         is_admin = interaction.guild_id is not None and interaction.permissions.manage_guild
         usage = await self.bot.store.usage_snapshot(interaction.user.id, interaction.guild_id, now)
-        limits, price = Limits.from_settings(self.bot.settings), self.bot.settings.price_per_image_usd
+        jobs = await self._billable_today(interaction.user.id, now)
+        limits = Limits.from_settings(self.bot.settings)
         resets = int((day_start(now) + timedelta(days=1)).timestamp())
         lines = [
             t("**You**: {used} of {limit} images today (≈{cost}), {active} job(s) running. Resets <t:{time}:R>.",
-              used=usage.user_images, limit=limits.daily_user_images, cost=money(price * usage.user_images),
+              used=usage.user_images, limit=limits.daily_user_images, cost=money(sum_costs(jobs)),
               active=usage.active_jobs, time=resets),
-            t("Price: {price} per result image.", price=money(price)),
+            *(_job_line(job) for job in jobs[:JOBS_LISTED]),
         ]  # fmt: skip
+        if len(jobs) > JOBS_LISTED:
+            lines.append(tn("…and {count} earlier job", "…and {count} earlier jobs", len(jobs) - JOBS_LISTED))
         if is_admin:
-            lines.insert(1, t("**This server**: {used} of {limit} images today (≈{cost}).", used=usage.guild_images,
-                              limit=limits.daily_guild_images, cost=money(price * usage.guild_images)))  # fmt: skip
-        return "\n".join(lines)
+            lines.insert(1, t("**This server**: {used} of {limit} images today.", used=usage.guild_images,
+                              limit=limits.daily_guild_images))  # fmt: skip
+        return "\n".join([*lines, *self._price_lines()])
+
+    async def _billable_today(self, user_id: int, now: datetime) -> list[Job]:
+        """The user's jobs of today that fal may bill, newest first."""
+        since = day_start(now)
+        limit = max(self.bot.settings.daily_images_per_user, JOBS_LISTED) + 1
+        jobs = await self.bot.store.jobs(user_id=user_id, limit=limit)
+        return [job for job in jobs if job.created_at >= since and job.state in BILLABLE_STATES]
+
+    def _price_lines(self) -> list[str]:
+        settings = self.bot.settings
+        lines = [t("**Models** (est. price):")]
+        for model in settings.models:
+            params = {"model": model.name, "price": price_text(model)}
+            if model.id == settings.default_model:
+                lines.append(t("- {model}: {price} (default)", **params))
+            else:
+                lines.append(t("- {model}: {price}", **params))
+        return lines
+
+
+def sum_costs(jobs: list[Job]) -> Decimal:
+    return sum((job.cost_usd for job in jobs), Decimal(0))
+
+
+def _job_line(job: Job) -> str:
+    params = {"time": int(job.created_at.timestamp()), "model": model_name(job.endpoint), "cost": money(job.cost_usd)}
+    return tn("- <t:{time}:t> {model}: {count} image, est. {cost}",
+              "- <t:{time}:t> {model}: {count} images, est. {cost}", job.num_images, **params)  # fmt: skip
 
 
 async def setup(bot: KontextBot) -> None:

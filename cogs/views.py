@@ -129,7 +129,7 @@ class PromptModal(discord.ui.Modal):
     """Asks for a prompt (and a few options); hands the values to `on_values`."""
 
     def __init__(self, title: str, on_values: SubmitPrompt, *, default_prompt: str = "", max_length: int = 1500,
-                 image_count: int = 0) -> None:  # fmt: skip
+                 image_count: int = 0, max_results: int = 4) -> None:  # fmt: skip
         super().__init__(title=title[:45], timeout=600)
         self._on_values = on_values
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
@@ -138,8 +138,9 @@ class PromptModal(discord.ui.Modal):
             placeholder=t("What should change? e.g. put the cat from image 2 on a sofa"),
         )  # fmt: skip
         self.num_images: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label=t("Number of results (1-4)"), custom_id="num_images", default="1", max_length=1, required=False
-        )
+            label=t("Number of results (1-{count})", count=max_results), custom_id="num_images", default="1",
+            max_length=1, required=False,
+        )  # fmt: skip
         self.add_item(self.prompt)
         self.add_item(self.num_images)
         self.which: discord.ui.TextInput[PromptModal] | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.fal import PerImage
 from bot.log import QUIET_LOGGERS, RedactingFormatter, setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,10 +78,12 @@ def test_defaults_with_only_the_secrets() -> None:
     assert settings.fal_key.get_secret_value() == FAL_KEY
     assert settings.fal_queue_url == "https://queue.fal.run"
     assert settings.fal_auth_scheme == "Key"
-    assert settings.fal_endpoint == "fal-ai/flux-pro/kontext/max/multi"
+    assert settings.default_model == "kontext-max-multi" and settings.fal_endpoint is None
+    assert settings.enabled_models == ("kontext-max-multi", "kontext-pro-multi", "flux-2-pro-edit", "seedream-v4-edit")
     assert settings.fal_result_hosts == ("fal.media",)  # and its subdomains: v3.fal.media, v3b.fal.media, ...
     assert settings.fal_result_allow_http is False
-    assert settings.price_per_image_usd == Decimal("0.08")
+    assert settings.price_per_image_usd is None
+    assert settings.model("kontext-max-multi").pricing == PerImage(Decimal("0.08"))
     assert (settings.allowed_guild_ids, settings.allowed_role_ids) == ((), ())
     assert (settings.log_level, settings.log_format) == ("INFO", "text")
 
@@ -124,6 +127,10 @@ def test_env_example_loads_with_the_defaults(tmp_path: Path) -> None:
         ("FAL_ENDPOINT", "flux-pro", "owner/alias"),
         ("FAL_ENDPOINT", "fal-ai/../x", "owner/alias"),
         ("FAL_ENDPOINT", "fal-ai/flux?x=1", "owner/alias"),
+        ("FAL_ENDPOINT", "fal-ai/flux-pro/kontext/multi", "replaced by DEFAULT_MODEL"),
+        ("ENABLED_MODELS", "kontext-max-multi,dall-e-9", "not a registered model; use one of kontext-max-multi"),
+        ("ENABLED_MODELS", "[]", "name at least one model"),
+        ("DEFAULT_MODEL", "midjourney-v9", "not a registered model"),
         ("FAL_RESULT_HOSTS", '["https://fal.media"]', "host or host:port"),
         ("FAL_RESULT_HOSTS", "fal.media/files", "host or host:port"),
         ("FAL_RESULT_ALLOW_HTTP", "perhaps", "valid boolean"),
@@ -159,7 +166,7 @@ def test_several_problems_are_reported_together(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.usefixtures("secrets_env")
 def test_url_and_endpoint_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAL_QUEUE_URL", "https://reseller.example/fal/")
-    monkeypatch.setenv("FAL_ENDPOINT", "/fal-ai/flux-pro/kontext/max/multi/")
+    monkeypatch.setenv("FAL_ENDPOINT", "/fal-ai/flux-pro/kontext/max/multi/")  # before ENABLED_MODELS; agrees
     monkeypatch.setenv("DISCORD_GATEWAY_URL", "ws://127.0.0.1:9999")
     settings = load_settings(_env_file=None)
     assert settings.fal_queue_url == "https://reseller.example/fal"
@@ -183,6 +190,8 @@ def test_env_parsing_of_lists_and_scalars(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.use_status_stream is False
     assert settings.dev_guild_id is None
     assert settings.price_per_image_usd == Decimal("0.10")
+    assert settings.model("kontext-max-multi").pricing == PerImage(Decimal("0.10"))  # the model it always priced
+    assert settings.model("kontext-pro-multi").pricing == PerImage(Decimal("0.04"))
     assert settings.database_path == Path("/data/x.sqlite3")
 
 

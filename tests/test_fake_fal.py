@@ -296,6 +296,63 @@ async def test_submit_accepts_full_valid_input_and_invalid_json_is_422(
     assert fake.requests[-1].json == "{nope"
 
 
+FLUX_2 = "fal-ai/flux-2-pro/edit"
+SEEDREAM = "fal-ai/bytedance/seedream/v4/edit"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        (FLUX_2, {**VALID, "guidance_scale": 3.5}, {("guidance_scale", "extra_forbidden")}),  # FLUX.2 has none
+        (FLUX_2, {**VALID, "num_images": 2, "aspect_ratio": "1:1"},
+         {("num_images", "extra_forbidden"), ("aspect_ratio", "extra_forbidden")}),
+        (FLUX_2, {**VALID, "safety_tolerance": "6", "image_size": "auto_2K"},
+         {("safety_tolerance", "one_of"), ("image_size", "one_of")}),
+        (SEEDREAM, {**VALID, "output_format": "png", "safety_tolerance": "2"},
+         {("output_format", "extra_forbidden"), ("safety_tolerance", "extra_forbidden")}),
+        (SEEDREAM, {**VALID, "num_images": 7, "enable_safety_checker": "yes"},
+         {("num_images", "less_than_equal"), ("enable_safety_checker", "bool_type")}),
+        ("fal-ai/flux-pro/kontext", VALID, {("image_url", "missing"), ("image_urls", "extra_forbidden")}),
+        (ENDPOINT, {**VALID, "image_size": "square_hd"}, {("image_size", "extra_forbidden")}),
+    ],
+)  # fmt: skip
+async def test_each_endpoint_validates_its_own_schema(
+    fake: FakeFal, http: aiohttp.ClientSession, endpoint: str, body: Any, expected: set[tuple[str, str]]
+) -> None:
+    async with http.post(f"{fake.base_url}/{endpoint}", json=body, headers=AUTH) as resp:
+        assert resp.status == 422
+        detail = (await resp.json())["detail"]
+    assert {(err["loc"][1], err["type"]) for err in detail} == expected
+    assert all(err["loc"][0] == "body" and err["msg"] for err in detail) and not fake.jobs
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "keys", "image_keys", "count"),
+    [
+        (ENDPOINT, {**VALID, "num_images": 2}, {"images", "seed", "timings", "has_nsfw_concepts", "prompt"},
+         {"url", "width", "height", "content_type"}, 2),
+        (FLUX_2, {**VALID, "image_size": {"width": 640, "height": 480}, "enable_safety_checker": True},
+         {"images", "seed"}, {"url", "width", "height", "content_type", "file_name", "file_size"}, 1),
+        (SEEDREAM, {**VALID, "num_images": 3, "image_size": "auto_4K"}, {"images", "seed"},
+         {"url", "width", "height", "content_type"}, 3),
+        ("fal-ai/flux-pro/kontext", {"prompt": "p", "image_url": "https://img.invalid/a.png"},
+         {"images", "seed", "timings", "has_nsfw_concepts", "prompt"}, {"url", "width", "height", "content_type"}, 1),
+    ],
+)  # fmt: skip
+async def test_each_endpoint_answers_in_its_own_output_shape(
+    fake: FakeFal, http: aiohttp.ClientSession, endpoint: str, body: Any, keys: set[str], image_keys: set[str],
+    count: int,
+) -> None:  # fmt: skip
+    fake.add_script(JobScript(queue_positions=(), progress_steps=0))
+    async with http.post(f"{fake.base_url}/{endpoint}", json=body, headers=AUTH) as resp:
+        assert resp.status == 200, await resp.text()
+        rid = (await resp.json())["request_id"]
+    await wait_state(fake, rid, "COMPLETED")
+    code, result = await get_json(http, f"{fake.base_url}/{endpoint}/requests/{rid}")
+    assert code == 200 and set(result) == keys and len(result["images"]) == count
+    assert all(set(image) == image_keys for image in result["images"])
+
+
 async def test_balance_exhausted_blocks_submit_only(fake: FakeFal, http: aiohttp.ClientSession) -> None:
     fake.add_script(JobScript(hold=True))
     env = await submit(http, fake)

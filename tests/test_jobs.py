@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from bot.fal import FalClient, KontextInput
+from bot.fal import EditRequest, FalClient
 from bot.jobs import (
     CancelOutcome,
     DeliveryFailed,
@@ -67,7 +67,7 @@ class FlakyStore(SqliteJobStore):
 
 
 def new_job(num_images: int = 1, *, created_at: datetime | None = None) -> Job:
-    request = KontextInput(prompt="make it blue", image_urls=("https://example.com/a.png",), num_images=num_images)
+    request = EditRequest(prompt="make it blue", image_urls=("https://example.com/a.png",), num_images=num_images)
     return Job(request=request, user_id=1, channel_id=2, guild_id=3, source="test",
                cost_usd=Decimal("0.08") * num_images, created_at=created_at or datetime.now(UTC))  # fmt: skip
 

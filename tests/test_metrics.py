@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.__main__ import fal_client
 from bot.bot import KontextBot
-from bot.fal import FalAuthError, FalConnectionError, FalSubmitUnconfirmed, FalValidationError, KontextInput
+from bot.fal import EditRequest, FalAuthError, FalConnectionError, FalSubmitUnconfirmed, FalValidationError
 from bot.jobs import Job, JobState
 from bot.metrics import Metrics, fal_error_kind
 from bot.metrics_server import MetricsError, serve_metrics
@@ -175,7 +175,7 @@ class Clock:
 
 
 def a_job(state: JobState = JobState.PENDING, request_id: str | None = None) -> Job:
-    request = KontextInput(prompt="p", image_urls=("https://cdn.example/a.png",), num_images=2)
+    request = EditRequest(prompt="p", image_urls=("https://cdn.example/a.png",), num_images=2)
     job = Job(request=request, user_id=1, channel_id=2, guild_id=3, source="menu", cost_usd=Decimal("0.16"))
     return replace(job, state=state, request_id=request_id)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.fal import KontextInput, KontextOutput, OutputImage
+from bot.fal import EditRequest, KontextOutput, OutputImage
 from bot.jobs import Job, JobState
 from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide
 from bot.store import SCHEMA_VERSION, SqliteJobStore, StoreError
@@ -38,7 +38,7 @@ PRAGMA user_version = 1;
 
 def make_job(user_id: int = 1, *, guild_id: int | None = 10, images: int = 1, state: JobState = JobState.QUEUED,
              created_at: datetime = NOW) -> Job:  # fmt: skip
-    request = KontextInput(prompt="p", image_urls=("https://x/a.png",), num_images=images)
+    request = EditRequest(prompt="p", image_urls=("https://x/a.png",), num_images=images)
     return Job(request=request, user_id=user_id, channel_id=5, guild_id=guild_id, source="slash", state=state,
                request_id=f"req-{user_id}", created_at=created_at, cost_usd=Decimal("0.08") * images)  # fmt: skip
 
@@ -60,11 +60,17 @@ def write_v1_database(path: Path, rows: list[dict[str, object]]) -> None:
             )
 
 
+# A request as rows before the model registry stored it: Kontext [max] multi's own body.
+KONTEXT_REQUEST_JSON = (
+    '{"prompt":"old","image_urls":["https://x/a.png"],"seed":null,"guidance_scale":null,"num_images":2,'
+    '"output_format":"jpeg","safety_tolerance":null,"aspect_ratio":null,"enhance_prompt":null}'
+)
+
+
 def v1_row(job_id: str, state: str, **changes: object) -> dict[str, object]:
-    request = KontextInput(prompt="old", image_urls=("https://x/a.png",), num_images=2)
     row: dict[str, object] = {
         "id": job_id, "state": state, "source": "slash", "user_id": 7, "guild_id": 10, "channel_id": 5,
-        "request_json": request.model_dump_json(), "num_images": 2, "request_id": f"req-{job_id}",
+        "request_json": KONTEXT_REQUEST_JSON, "num_images": 2, "request_id": f"req-{job_id}",
         "status_url": "https://old.example/fal-ai/flux-pro/requests/x/status", "response_url": "https://old.example/r",
         "cancel_url": "https://old.example/c", "cost_usd": "0.16", "delivery_started": 0,
         "created_at": NOW.isoformat(), "updated_at": NOW.isoformat(),
@@ -239,6 +245,9 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Pat
     assert version == SCHEMA_VERSION
     assert queued is not None and queued.state is JobState.QUEUED and queued.request_id == f"req-{'a' * 32}"
     assert queued.endpoint == "fal-ai/flux-pro/kontext/max/multi" and queued.num_images == 2
+    assert queued.model.id == "kontext-max-multi" and queued.payload() == {
+        "prompt": "old", "image_urls": ["https://x/a.png"], "num_images": 2, "output_format": "jpeg",
+    }  # fmt: skip
     assert delivering is not None and delivering.delivery_attempts == 1 and delivering.thread_id == 99
     assert delivering.result_message_ids == ()  # unknown: the delivery looks before it posts
 

@@ -1,4 +1,4 @@
-"""fal queue client: no Discord imports here."""
+"""fal queue client and the edit models behind it: no Discord imports here."""
 
 from .client import Download, FalClient, FalClientOptions
 from .errors import (
@@ -17,26 +17,38 @@ from .errors import (
     ValidationIssue,
 )
 from .models import (
-    ASPECT_RATIOS,
-    AspectRatio,
+    OPTION_NAMES,
     Completed,
+    EditRequest,
     InProgress,
-    KontextInput,
     KontextOutput,
-    OutputFormat,
     OutputImage,
     Queued,
     QueueHandle,
     QueueStatus,
-    SafetyTolerance,
+)
+from .registry import (
+    DEFAULT_MODEL_ID,
+    MODELS,
+    ModelSpec,
+    Option,
+    PerImage,
+    PerMegapixel,
+    Problem,
+    find_model,
+    model_by_endpoint,
+    option_choices,
+    option_span,
 )
 from .urls import app_root
 
 __all__ = (
-    "ASPECT_RATIOS",
-    "AspectRatio",
+    "DEFAULT_MODEL_ID",
+    "MODELS",
+    "OPTION_NAMES",
     "Completed",
     "Download",
+    "EditRequest",
     "FalAuthError",
     "FalClient",
     "FalClientOptions",
@@ -52,14 +64,20 @@ __all__ = (
     "FalUnsafeURL",
     "FalValidationError",
     "InProgress",
-    "KontextInput",
     "KontextOutput",
-    "OutputFormat",
+    "ModelSpec",
+    "Option",
     "OutputImage",
+    "PerImage",
+    "PerMegapixel",
+    "Problem",
     "QueueHandle",
     "QueueStatus",
     "Queued",
-    "SafetyTolerance",
     "ValidationIssue",
     "app_root",
+    "find_model",
+    "model_by_endpoint",
+    "option_choices",
+    "option_span",
 )

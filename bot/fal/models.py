@@ -1,58 +1,72 @@
-"""Wire models of the fal queue and of the Kontext [max] multi endpoint.
+"""Wire models of the fal queue, the generic edit request and the edit models' output.
 
 Pydantic sits at the JSON edge only; the rest of the bot sees these typed values.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import FalProtocolError
 
+if TYPE_CHECKING:
+    from .registry import ModelSpec
+
 __all__ = (
-    "ASPECT_RATIOS",
-    "AspectRatio",
+    "OPTION_NAMES",
     "Completed",
+    "EditRequest",
     "InProgress",
-    "KontextInput",
     "KontextOutput",
-    "OutputFormat",
     "OutputImage",
     "QueueHandle",
     "QueueStatus",
     "Queued",
-    "SafetyTolerance",
     "parse_status",
 )
 
-AspectRatio: TypeAlias = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
-OutputFormat: TypeAlias = Literal["jpeg", "png"]
-SafetyTolerance: TypeAlias = Literal["1", "2", "3", "4", "5", "6"]
-ASPECT_RATIOS: tuple[str, ...] = get_args(AspectRatio)
+# The options a user can set, by the bot's own names (Kontext's); each model maps or refuses them.
+OPTION_NAMES = ("guidance_scale", "num_images", "output_format", "safety_tolerance", "aspect_ratio", "seed")
 
 
-class KontextInput(BaseModel):
-    """The request body of `fal-ai/flux-pro/kontext/max/multi`; unset options keep fal's defaults."""
+class EditRequest(BaseModel):
+    """What a user asked for, independent of the model: `ModelSpec.payload` turns it into one model's body.
+
+    An option at its default here (None, or one image) is unset: the model's own default applies."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str = Field(min_length=1)
     image_urls: tuple[str, ...] = Field(min_length=1)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    guidance_scale: float | None = Field(default=None, ge=1, le=20)
-    num_images: int = Field(default=1, ge=1, le=4)
-    output_format: OutputFormat = "jpeg"
-    safety_tolerance: SafetyTolerance | None = None
-    aspect_ratio: AspectRatio | None = None
-    enhance_prompt: bool | None = None
+    num_images: int = 1
+    seed: int | None = None
+    guidance_scale: float | None = None
+    output_format: str | None = None
+    safety_tolerance: str | None = None
+    aspect_ratio: str | None = None
+    # Width x height of each input, where Discord said: per-megapixel estimates need them. Never sent to fal.
+    image_pixels: tuple[int | None, ...] = ()
 
-    def to_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+    def to_payload(self, model: ModelSpec) -> dict[str, Any]:
+        return model.payload(self)
+
+    def is_set(self, name: str) -> bool:
+        return bool(getattr(self, name) != type(self).model_fields[name].default)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> EditRequest:
+        """A stored request. Rows from before the model registry hold Kontext's own body, which is this one
+        plus `enhance_prompt` (never set by the bot)."""
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data.pop("enhance_prompt", None)
+        return cls.model_validate(data)
 
 
 class OutputImage(BaseModel):
@@ -65,7 +79,8 @@ class OutputImage(BaseModel):
 
 
 class KontextOutput(BaseModel):
-    """The result JSON; lenient about extra keys (resellers echo the request)."""
+    """The result JSON of any registered edit model (Kontext's shape is the richest): `seed` and
+    `has_nsfw_concepts` are optional, extra keys (a `description`, resellers echoing the request) are ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

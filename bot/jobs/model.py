@@ -18,7 +18,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from bot.fal import KontextInput, KontextOutput, QueueHandle
+from bot.fal import EditRequest, KontextOutput, ModelSpec, QueueHandle, model_by_endpoint
 
 __all__ = (
     "ACTIVE_STATES",
@@ -31,7 +31,7 @@ __all__ = (
     "ResultImage",
 )
 
-DEFAULT_ENDPOINT = "fal-ai/flux-pro/kontext/max/multi"
+DEFAULT_ENDPOINT = "fal-ai/flux-pro/kontext/max/multi"  # jobs stored before the model registry ran on it
 
 
 class JobState(StrEnum):
@@ -86,13 +86,13 @@ def _now() -> datetime:
 class Job:
     """One paid request to fal, and the Discord places it reports to."""
 
-    request: KontextInput
+    request: EditRequest
     user_id: int
     channel_id: int
     guild_id: int | None
     source: str
     cost_usd: Decimal
-    endpoint: str = DEFAULT_ENDPOINT
+    endpoint: str = DEFAULT_ENDPOINT  # names the job's model (`model_by_endpoint`)
     locale: str = "en-US"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.PENDING
@@ -118,6 +118,15 @@ class Job:
     @property
     def num_images(self) -> int:
         return self.request.num_images
+
+    @property
+    def model(self) -> ModelSpec:
+        """The registered model of this job's endpoint; `LookupError` if none has it."""
+        return model_by_endpoint(self.endpoint)
+
+    def payload(self) -> dict[str, Any]:
+        """The body to submit to `endpoint`."""
+        return self.request.to_payload(self.model)
 
     def advance(self, state: JobState, **changes: Any) -> Job:
         """This job in `state`; raises `InvalidTransition` for a step the table does not allow."""

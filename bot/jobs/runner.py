@@ -230,7 +230,7 @@ class JobRunner:
     async def _submit(self, job_id: str) -> None:
         job = self._jobs[job_id]
         try:
-            handle = await self._fal.submit(job.endpoint, job.request.to_payload())
+            handle = await self._fal.submit(job.endpoint, job.payload())
         except FalSubmitUnconfirmed as exc:
             log.error("job %s: the submit may have reached fal but was not confirmed (%s); not resent", job_id, exc)
             await self._end(job_id, JobState.UNCONFIRMED, error=describe_failure(exc))

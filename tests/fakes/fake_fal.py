@@ -8,6 +8,9 @@ Routes (see /work/shared/reference/fal-queue-and-kontext.md §1):
   PUT  /{app}/requests/{id}/cancel                 cancel
   GET  /files/{id}/{index}.{ext}                   result images (public, no auth)
 `{app}` is the app root (`owner/alias`) or the full endpoint id.
+
+Each known endpoint validates its input the way fal does (422 with a `detail` list for a missing, unknown or
+out-of-range field) and answers in its own output shape (`SCHEMAS`); other endpoints behave as Kontext.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import random
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -117,6 +120,7 @@ class FakeJob:
         self.request_id = request_id
         self.endpoint = endpoint
         self.app_root = app_root(endpoint)
+        self.schema = schema_of(endpoint)
         self.input = body
         self.script = script
         self.seed = body["seed"] if _is_int(body.get("seed")) else random.randint(0, 2**32 - 1)
@@ -138,7 +142,7 @@ class FakeJob:
 
     @property
     def num_images(self) -> int:
-        n = self.input.get("num_images", 1)
+        n = self.input.get("num_images", 1) if self.schema.multi_output else 1
         return n if _is_int(n) else 1
 
     @property
@@ -411,7 +415,7 @@ class FakeFal:
             body = json.loads(raw)
         except ValueError:
             return _json({"detail": [_error([], "JSON decode error", "json_invalid")]}, 422)
-        errors = validate_input(body)
+        errors = validate_input(body, endpoint)
         if errors:
             return _json({"detail": errors}, 422)
         if self.balance_exhausted:
@@ -504,17 +508,18 @@ class FakeFal:
         return resp
 
     def _success_body(self, job: FakeJob) -> dict[str, Any]:
+        """The endpoint's output shape: Kontext adds timings, NSFW flags and the prompt to `images` and `seed`."""
         out = job.script.outcome
         n = job.image_count
         host = out.result_host or self.base_url
-        images = [_image_entry(job, i, host) for i in range(n)]
-        return {
-            "images": images,
-            "timings": {"inference": job.inference_time},
-            "seed": job.seed,
-            "has_nsfw_concepts": list(out.nsfw) if out.nsfw is not None else [False] * n,
-            "prompt": job.input.get("prompt"),
-        }
+        body: dict[str, Any] = {"images": [_image_entry(job, i, host) for i in range(n)], "seed": job.seed}
+        if job.schema.nsfw_flags:
+            body.update(
+                timings={"inference": job.inference_time},
+                has_nsfw_concepts=list(out.nsfw) if out.nsfw is not None else [False] * n,
+                prompt=job.input.get("prompt"),
+            )
+        return body
 
     def _cancel(self, job: FakeJob) -> web.Response:
         if job.state == "COMPLETED":
@@ -664,7 +669,10 @@ def _image_entry(job: FakeJob, index: int, host: str) -> dict[str, Any]:
         url = f"data:{out.content_type};base64,{base64.b64encode(data).decode()}"
     else:
         url = f"{host}/files/{job.request_id}/{index}.{_extension(out.content_type)}"
-    return {"url": url, "width": width, "height": height, "content_type": out.content_type}
+    entry: dict[str, Any] = {"url": url, "width": width, "height": height, "content_type": out.content_type}
+    if job.schema.file_fields:
+        entry.update(file_name=f"{index}.{_extension(out.content_type)}", file_size=len(data))
+    return entry
 
 
 def _extension(content_type: str) -> str:
@@ -694,28 +702,90 @@ def _error(loc: Iterable[str | int], msg: str, type_: str, ctx: dict[str, Any] |
     return err
 
 
-_RANGES: dict[str, tuple[int, int, bool]] = {"num_images": (1, 4, True), "guidance_scale": (1, 20, False)}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "safety_tolerance": ("1", "2", "3", "4", "5", "6"),
-    "output_format": ("jpeg", "png"),
-    "aspect_ratio": ASPECT_RATIOS,
+@dataclass(frozen=True)
+class FalSchema:
+    """One endpoint's input and output as fal documents them: written from fal's generated types (fal-js
+    endpoints.ts @381105e) and the models' llms.txt, never from the bot's registry, so that a wrong mapping
+    there fails here."""
+
+    image_field: Literal["image_urls", "image_url"] = "image_urls"
+    ranges: Mapping[str, tuple[int, int, bool]] = field(default_factory=dict)  # name: (low, high, integer)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    bools: tuple[str, ...] = ("sync_mode",)
+    image_sizes: tuple[str, ...] = ()  # presets of `image_size` (which also takes {width, height})
+    multi_output: bool = True  # honours `num_images`
+    nsfw_flags: bool = False  # Kontext's output: also timings, has_nsfw_concepts, prompt
+    file_fields: bool = False  # output images also carry file_name and file_size
+
+    @property
+    def fields(self) -> frozenset[str]:
+        sized = ("image_size",) if self.image_sizes else ()
+        return frozenset(("prompt", "seed", self.image_field, *self.ranges, *self.choices, *self.bools, *sized))
+
+
+_SAFETY_6 = ("1", "2", "3", "4", "5", "6")
+_PRESETS = ("square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9")
+KONTEXT = FalSchema(  # FluxKontextMultiInput -> FluxProV11Output
+    ranges={"num_images": (1, 4, True), "guidance_scale": (1, 20, False)},
+    choices={"safety_tolerance": _SAFETY_6, "output_format": ("jpeg", "png"), "aspect_ratio": ASPECT_RATIOS},
+    bools=("sync_mode", "enhance_prompt"),
+    nsfw_flags=True,
+)
+KONTEXT_SINGLE = FalSchema(  # FluxKontextInput: the same with one `image_url`
+    image_field="image_url", ranges=KONTEXT.ranges, choices=KONTEXT.choices, bools=KONTEXT.bools, nsfw_flags=True
+)
+FLUX_2_EDIT = FalSchema(  # Flux2MaxEditInput (= Flux2ProEditInput) -> images (ImageFile), seed; one image per call
+    choices={"safety_tolerance": _SAFETY_6[:5], "output_format": ("jpeg", "png")},
+    bools=("sync_mode", "enable_safety_checker"),
+    image_sizes=("auto", *_PRESETS),
+    multi_output=False,
+    file_fields=True,
+)
+SEEDREAM_4_EDIT = FalSchema(  # SeedDream4EditInput -> images, seed; num_images and max_images 1-6 (llms.txt)
+    ranges={"num_images": (1, 6, True), "max_images": (1, 6, True)},
+    choices={"enhance_prompt_mode": ("standard", "fast")},
+    bools=("sync_mode", "enable_safety_checker"),
+    image_sizes=(*_PRESETS, "auto", "auto_2K", "auto_4K"),
+)
+SCHEMAS: dict[str, FalSchema] = {
+    "fal-ai/flux-pro/kontext/max/multi": KONTEXT,
+    "fal-ai/flux-pro/kontext/multi": KONTEXT,
+    "fal-ai/flux-pro/kontext/max": KONTEXT_SINGLE,
+    "fal-ai/flux-pro/kontext": KONTEXT_SINGLE,
+    "fal-ai/flux-2-pro/edit": FLUX_2_EDIT,
+    "fal-ai/bytedance/seedream/v4/edit": SEEDREAM_4_EDIT,
 }
-_BOOLS = ("sync_mode", "enhance_prompt")
 
 
-def validate_input(body: Any) -> list[dict[str, Any]]:
-    """fal-style validation of a FLUX.1 Kontext [max] multi input; [] when valid."""
+def schema_of(endpoint: str) -> FalSchema:
+    """The endpoint's schema; Kontext's for one this fake does not know (the app-root tests' made-up ids)."""
+    return SCHEMAS.get(endpoint.strip("/"), KONTEXT)
+
+
+def validate_input(body: Any, endpoint: str = "fal-ai/flux-pro/kontext/max/multi") -> list[dict[str, Any]]:
+    """fal-style validation of `endpoint`'s input; [] when valid."""
     if not isinstance(body, dict):
         return [_error([], "Input should be a valid dictionary", "dict_type")]
-    errors = [*_check_prompt(body), *_check_image_urls(body)]
-    for name, (low, high, integer) in _RANGES.items():
+    schema = schema_of(endpoint)
+    errors = [*_check_prompt(body), *_check_images(body, schema.image_field)]
+    errors += [_error([name], "Extra inputs are not permitted", "extra_forbidden") for name in body
+               if name not in schema.fields]  # fmt: skip
+    for name, (low, high, integer) in schema.ranges.items():
         errors += _check_range(body, name, low, high, integer=integer)
-    for name, choices in _CHOICES.items():
+    for name, choices in schema.choices.items():
         errors += _check_choice(body, name, choices)
-    errors += [_error([n], "Input should be a valid boolean", "bool_type") for n in _BOOLS if _bad_bool(body, n)]
+    errors += [_error([n], "Input should be a valid boolean", "bool_type") for n in schema.bools if _bad_bool(body, n)]
     if "seed" in body and not _is_int(body["seed"]):
         errors.append(_error(["seed"], "Input should be a valid integer", "int_type"))
+    if schema.image_sizes and "image_size" in body:
+        errors += _check_image_size(body["image_size"], schema.image_sizes)
     return errors
+
+
+def _check_image_size(value: Any, presets: tuple[str, ...]) -> list[dict[str, Any]]:
+    if isinstance(value, dict) and set(value) <= {"width", "height"} and all(map(_is_int, value.values())):
+        return []
+    return _check_choice({"image_size": value}, "image_size", presets)
 
 
 def _bad_bool(body: dict[str, Any], name: str) -> bool:
@@ -733,7 +803,9 @@ def _check_prompt(body: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def _check_image_urls(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_images(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    if name == "image_url":
+        return _check_image_url(body)
     if "image_urls" not in body:
         return [_error(["image_urls"], "Field required", "missing")]
     urls = body["image_urls"]
@@ -747,6 +819,14 @@ def _check_image_urls(body: dict[str, Any]) -> list[dict[str, Any]]:
         for i, url in enumerate(urls)
         if not isinstance(url, str)
     ]
+
+
+def _check_image_url(body: dict[str, Any]) -> list[dict[str, Any]]:
+    if "image_url" not in body:
+        return [_error(["image_url"], "Field required", "missing")]
+    if not isinstance(body["image_url"], str):
+        return [_error(["image_url"], "Input should be a valid string", "string_type")]
+    return []
 
 
 def _check_range(body: dict[str, Any], name: str, low: int, high: int, *, integer: bool) -> list[dict[str, Any]]:
