@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import urllib.parse
 
 import aiohttp
 import discord
@@ -16,7 +17,7 @@ from bot.bot import KontextBot
 from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
-from bot.store import SqliteJobStore, StoreError
+from bot.store import StoreError, open_store
 
 log = logging.getLogger("bot")
 
@@ -43,6 +44,14 @@ def fal_connector(settings: Settings) -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(limit=settings.max_status_streams + 100)
 
 
+def database_secrets(url: str) -> list[str]:
+    """The URL and its password (when it has one), so no log line ever shows them."""
+    with contextlib.suppress(ValueError):
+        if password := urllib.parse.urlsplit(url).password:
+            return [url, password, urllib.parse.unquote(password)]
+    return [url]
+
+
 def point_discord_at(settings: Settings) -> None:
     """REST proxies (and the tests' fake Discord) take the place of discord.com."""
     discord.http.Route.BASE = settings.discord_api_url
@@ -53,7 +62,7 @@ def point_discord_at(settings: Settings) -> None:
 async def run(settings: Settings) -> None:
     async with (
         aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}, connector=fal_connector(settings)) as session,
-        SqliteJobStore(settings.database_path) as store,
+        open_store(settings) as store,
     ):
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
         async with bot:
@@ -69,7 +78,9 @@ def main() -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)  # noqa: T201
         return 2
-    secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
+    secrets = [settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value()]
+    if settings.database_url is not None:
+        secrets += database_secrets(settings.database_url.get_secret_value())
     setup_logging(settings.log_level, secrets, settings.log_format)
     point_discord_at(settings)
     try:
