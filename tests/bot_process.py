@@ -49,6 +49,7 @@ class BotProcess:
         self._reader: asyncio.Task[None] | None = None
         self.lines: list[str] = []
         self._ready = asyncio.Event()
+        self._printed = asyncio.Event()  # set, and replaced, at every new line
 
     async def start(self, timeout: float = 15.0) -> None:
         self._process = await asyncio.create_subprocess_exec(
@@ -68,8 +69,20 @@ class BotProcess:
         async for raw in self._process.stdout:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
+            self._printed.set()
+            self._printed = asyncio.Event()
             if READY_LINE in line:
                 self._ready.set()
+
+    async def wait_for_line(self, text: str, timeout: float = 15.0) -> str:
+        """The first line (printed so far or later) that contains `text`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not (found := [line for line in self.lines if text in line]):
+                    await self._printed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no line with {text!r}:\n" + "\n".join(self.lines[-20:])) from None
+        return found[0]
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye, like a power cut."""

@@ -262,6 +262,18 @@ async def test_two_stores_never_overshoot_a_guild_or_a_user_daily_limit_together
         assert (await two.usage_snapshot(99, None, NOW)).user_images == 3
 
 
+async def test_without_a_cooldown_a_job_made_just_before_an_admitted_one_is_admitted(store: Store):
+    """Two processes make a user's jobs at nearly the same time and admit them in either order: the later-made
+    job may be admitted first. With no cooldown that must not read as "on cooldown"."""
+    later, earlier = (
+        make_job(state=JobState.PENDING, created_at=NOW + timedelta(milliseconds=5)),
+        make_job(state=JobState.PENDING, created_at=NOW),
+    )
+
+    assert await store.admit(later, verdict(later)) is None
+    assert await store.admit(earlier, verdict(earlier)) is None
+
+
 async def test_a_refused_admission_stores_nothing(store: Store):
     first, second = make_job(images=3, state=JobState.PENDING), make_job(images=3, state=JobState.PENDING)
     limits = Limits(max_concurrent=5, daily_user_images=5, daily_guild_images=100, cooldown=timedelta(0))
