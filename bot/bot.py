@@ -109,8 +109,9 @@ class KontextBot(commands.AutoShardedBot):
         log.info("synced %d command(s) to dev guild %s", len(synced), guild_id)
 
     async def on_ready(self) -> None:
-        shards = self.settings.shards or f"all {self.shard_count}"
-        log.info("ready as %s in %d guild(s) on shard(s) %s", self.user, len(self.guilds), shards)
+        shards = self.settings.shards
+        where = f"shard(s) {shards}" if shards else f"all {self.shard_count} shard(s)"
+        log.info("ready as %s in %d guild(s) on %s", self.user, len(self.guilds), where)
         if self.settings.heartbeat_path and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat(self.settings.heartbeat_path), name="heartbeat")
 

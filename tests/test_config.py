@@ -266,6 +266,10 @@ def test_database_url_is_a_secret_and_must_be_postgresql(monkeypatch: pytest.Mon
     monkeypatch.setenv("DATABASE_URL", "mysql://kontext:pg-Pa55word@db.internal/kontext")
     text = config_error()
     assert "DATABASE_URL: Value error, must start with postgresql://" in text and "pg-Pa55word" not in text
+    for broken in ("postgresql://kontext:pg-Pa55word@db.internal:99999/k", "postgresql://kontext:pg-Pa55word@[db/k"):
+        monkeypatch.setenv("DATABASE_URL", broken)
+        text = config_error()
+        assert "DATABASE_URL: Value error, is not a valid URL" in text and "pg-Pa55word" not in text
 
 
 # -- secrets stay secret ---------------------------------------------------------------------

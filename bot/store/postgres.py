@@ -115,6 +115,7 @@ class PostgresJobStore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self._url = url
+        self._password = _password(url)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.name = describe_url(url)
@@ -125,7 +126,7 @@ class PostgresJobStore:
                 self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT, server_settings={"application_name": "kontext-bot"},
             )  # fmt: skip
-        except (*DATABASE_ERRORS, ValueError, TimeoutError) as exc:
+        except (*DATABASE_ERRORS, ValueError, OverflowError, TimeoutError) as exc:  # a bad URL, no server
             raise StoreError(f"{self.name}: {self._problem(exc)}") from None
         try:
             await self._migrate(pool)
@@ -249,8 +250,7 @@ class PostgresJobStore:
         """The error's first line: no DETAIL (row values), no password."""
         text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         line = (text.splitlines() or [type(exc).__name__])[0]
-        password = urlsplit(self._url).password if self._url.startswith(("postgres://", "postgresql://")) else None
-        return line.replace(password, "***") if password else line
+        return line.replace(self._password, "***") if self._password else line
 
 
 async def _usage(conn: Any, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
@@ -268,6 +268,13 @@ def lock_keys(user_id: int, guild_id: int | None) -> list[int]:
 def _lock_key(name: str) -> int:
     """A signed 64-bit key; a collision only makes two admissions wait for each other."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def describe_url(url: str) -> str:
