@@ -114,6 +114,28 @@ async def test_an_error_never_carries_the_row_it_failed_on(postgres_url: str):
     assert "private" not in str(error.value) and "DETAIL" not in str(error.value)
 
 
+async def test_after_the_server_drops_its_connections_the_store_goes_on(postgres_cluster: Cluster, postgres_url: str):
+    """A server restart or failover ends every connection: at most one call fails, as a StoreError (the runner
+    keeps an unsaved job and saves it again), and the pool connects anew."""
+    async with PostgresJobStore(postgres_url, pool_size=2) as store:
+        await store.save(make_job())
+        admin = await asyncpg.connect(postgres_cluster.url())
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            postgres_url.rsplit("/", 1)[1],
+        )
+        await admin.close()
+        job, failures = make_job(), []
+        for _ in range(2):
+            try:
+                await store.save(job)
+            except StoreError as exc:
+                failures.append(str(exc))
+
+        assert ended >= 1 and len(failures) <= 1
+        assert await store.get(job.id) == job
+
+
 def test_database_url_selects_postgresql_and_its_absence_sqlite(tmp_path: Path):
     sqlite = Settings(_env_file=None, discord_token="t", fal_key="k", database_path=tmp_path / "db.sqlite3")
     postgres = Settings(_env_file=None, discord_token="t", fal_key="k",

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0
 MIGRATION_LOCK = 0x6B6F6E74_6578745F  # "kontext_": one migration at a time, whichever process starts first
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# InternalClientError: the first use of a connection whose server process was ended (a server restart).
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
