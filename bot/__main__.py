@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -21,7 +22,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
 from bot.metrics_server import MetricsError, serve_metrics
-from bot.store import SqliteJobStore, StoreError
+from bot.store import Store, StoreError, open_store as store_for
 
 log = logging.getLogger("bot")
 
@@ -56,6 +57,14 @@ def allow_open_files(wanted: int = 65536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def database_secrets(url: str) -> list[str]:
+    """The URL and its password (when it has one), so no log line ever shows them."""
+    with contextlib.suppress(ValueError):
+        if password := urllib.parse.urlsplit(url).password:
+            return [url, password, urllib.parse.unquote(password)]
+    return [url]
+
+
 def point_discord_at(settings: Settings) -> None:
     """REST proxies (and the tests' fake Discord) take the place of discord.com."""
     discord.http.Route.BASE = settings.discord_api_url
@@ -63,9 +72,9 @@ def point_discord_at(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-def open_store(settings: Settings) -> SqliteJobStore:
+def open_store(settings: Settings) -> Store:
     """The job store, as an async context manager that opens it (the bot and `check` both use this)."""
-    return SqliteJobStore(settings.database_path)
+    return store_for(settings)
 
 
 def http_session(settings: Settings) -> aiohttp.ClientSession:
@@ -154,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(exc, file=sys.stderr)  # noqa: T201
         return 2
-    secrets = (settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value())
+    secrets = [settings.discord_token.get_secret_value(), settings.fal_key.get_secret_value()]
+    if settings.database_url is not None:
+        secrets += database_secrets(settings.database_url.get_secret_value())
     point_discord_at(settings)
     allow_open_files()
     if command == "check":

@@ -1,4 +1,4 @@
-"""The bot class: holds the shared services, loads the cog, syncs commands."""
+"""The bot class: holds the shared services, loads the cogs, syncs commands, runs its gateway shards."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from bot.fal import FalClient
 from bot.jobs import JobRunner
 from bot.metrics import Metrics, ObservedFal
 from bot.overload import LoadGuard, LoopMonitor
-from bot.store import SqliteJobStore
+from bot.store import Store
 
 __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
 
@@ -86,8 +86,12 @@ def bot_intents(*, message_content: bool) -> discord.Intents:
     return intents
 
 
-class KontextBot(commands.Bot):
-    """Services are made once in `__main__` and handed in; cogs read them from here."""
+class KontextBot(commands.AutoShardedBot):
+    """Services are made once in `__main__` and handed in; cogs read them from here.
+
+    Runs the gateway shards SHARD_IDS (default: all) of SHARD_COUNT (default: 1, one connection as an
+    unsharded bot has). Several processes, each with its own shards, share one PostgreSQL store.
+    """
 
     def __init__(
         self,
@@ -95,7 +99,7 @@ class KontextBot(commands.Bot):
         settings: Settings,
         session: aiohttp.ClientSession,
         fal: FalClient,
-        store: SqliteJobStore,
+        store: Store,
         metrics: Metrics | None = None,
         **options: Any,
     ) -> None:
@@ -103,7 +107,10 @@ class KontextBot(commands.Bot):
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
         options.setdefault("max_messages", None)  # no message cache: the bot never looks a message up in it
         options.setdefault("http_trace", self.metrics.discord_trace())
+        if settings.shard_ids is not None:
+            options.setdefault("shard_ids", list(settings.shard_ids))
         super().__init__(
+            shard_count=settings.shard_count,
             command_prefix=(),  # no text commands: everything is an app command
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
@@ -147,6 +154,8 @@ class KontextBot(commands.Bot):
             log.info("invite the bot with: %s", invite_url(self.application_id))
 
     async def _sync_commands(self) -> None:
+        if self.settings.shards is not None and 0 not in self.settings.shards.ids:
+            return  # the process that runs shard 0 syncs them for every process
         guild_id = self.settings.dev_guild_id
         if guild_id is None:
             synced = await self.tree.sync()
@@ -162,7 +171,9 @@ class KontextBot(commands.Bot):
         return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
 
     async def on_ready(self) -> None:
-        log.info("ready as %s in %d guild(s)", self.user, len(self.guilds))
+        shards = self.settings.shards
+        where = f"shard(s) {shards}" if shards else f"all {self.shard_count} shard(s)"
+        log.info("ready as %s in %d guild(s) on %s", self.user, len(self.guilds), where)
         if self.settings.heartbeat_path and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat(self.settings.heartbeat_path), name="heartbeat")
 
@@ -170,7 +181,7 @@ class KontextBot(commands.Bot):
         """Touch `path` while the gateway is connected, for the container's health check."""
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         while not self.is_closed():
-            if self.is_ready() and not self.ws.is_ratelimited() and self.latency < HEARTBEAT_SECONDS:
+            if self.is_ready() and not self.is_ws_ratelimited() and self.latency < HEARTBEAT_SECONDS:
                 await asyncio.to_thread(path.touch)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 

@@ -8,12 +8,14 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from bot.fal import DEFAULT_MODEL_ID, MODELS, ModelSpec, PerImage, find_model
 from bot.log import LogFormat
+from bot.shards import ShardSet, parse_shard_ids
 
 __all__ = ("ConfigError", "Settings", "load_settings")
 
@@ -89,8 +91,15 @@ class Settings(BaseSettings):
     allowed_guild_ids: Annotated[tuple[int, ...], NoDecode] = ()
     allowed_role_ids: Annotated[tuple[int, ...], NoDecode] = ()
 
+    # Sharding: this process runs SHARD_IDS (default: all) of SHARD_COUNT gateway shards.
+    shard_count: int = Field(default=1, ge=1)
+    shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
+
     # Storage and logs.
     database_path: Path = Path("data/kontext.sqlite3")
+    # postgresql://user:password@host:port/db: a PostgreSQL store several processes can share (else SQLite).
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=10, ge=1)  # connections per process (PostgreSQL only)
     heartbeat_path: Path | None = Path("data/heartbeat")  # touched while connected; read by `python -m bot.health`
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "text"  # json: one object per line, for log collectors
@@ -109,6 +118,41 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _shard_ids_from_env(cls, value: Any) -> Any:
+        """`0,1`, a range `0-3`, or a JSON list."""
+        return parse_shard_ids(value) if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (the value is not shown: it may hold a password)")
+        try:
+            urlsplit(url).port  # noqa: B018  # parsing it is the check
+        except ValueError:
+            raise ValueError("is not a valid URL: check the host and the port") from None
+        return value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_exist(cls, value: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        count = info.data.get("shard_count", 1)
+        if value is not None and (not value or min(value) < 0 or max(value) >= count):
+            raise ValueError(f"must be shard ids from 0 to SHARD_COUNT - 1 ({count - 1})")
+        return value
+
+    @property
+    def shards(self) -> ShardSet | None:
+        """The shards this process runs, or None when it runs them all."""
+        if self.shard_ids is None or len(set(self.shard_ids)) == self.shard_count:
+            return None
+        return ShardSet(frozenset(self.shard_ids), self.shard_count)
 
     @field_validator("fal_result_hosts")
     @classmethod

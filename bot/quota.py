@@ -77,7 +77,8 @@ def decide(usage: UsageSnapshot, limits: Limits, images: int, now: datetime, *, 
     tomorrow = day_start(now) + timedelta(days=1)
     if usage.active_jobs >= limits.max_concurrent:
         return Denial(DenialKind.CONCURRENCY, limits.max_concurrent, usage.active_jobs)
-    ready = usage.last_created + limits.cooldown if usage.last_created else None
+    # No cooldown, no wait: another process may have admitted a job made a moment after this one.
+    ready = usage.last_created + limits.cooldown if usage.last_created and limits.cooldown else None
     if ready is not None and ready > now:
         return Denial(DenialKind.COOLDOWN, int(limits.cooldown.total_seconds()), 0, ready)
     if usage.user_images + images > limits.daily_user_images:

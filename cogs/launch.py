@@ -200,8 +200,9 @@ class Launcher:
     # --- after a restart ------------------------------------------------------------------------
 
     async def resume_all(self) -> int:
-        """Pick up every stored job that is not finished."""
-        jobs = [job for job in await self.bot.store.unfinished() if self.bot.runner.live(job.id) is None]
+        """Pick up every stored job that is not finished and belongs to a shard this process runs."""
+        stored = await self.bot.store.unfinished(self.settings.shards)
+        jobs = [job for job in stored if self.bot.runner.live(job.id) is None]
         for job in jobs:
             status = self._status(job, ChannelTarget(self.bot, job.channel_id, job.status_message_id), shown=False)
             self.bot.runner.resume(job, DiscordJobSink(self.bot, status))
@@ -270,7 +271,7 @@ class Jobs(commands.Cog):
             await self.launcher.resume_all()
 
 
-def launcher_of(bot: commands.Bot) -> Launcher:
+def launcher_of(bot: KontextBot) -> Launcher:
     """The launcher, for the other cogs."""
     cog = bot.get_cog(Jobs.__cog_name__)
     if not isinstance(cog, Jobs):

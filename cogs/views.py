@@ -39,7 +39,7 @@ class JobButtonHandler(Protocol):
 
 
 def button_handler(client: discord.Client) -> JobButtonHandler:
-    cog = client.get_cog(HANDLER_COG) if isinstance(client, commands.Bot) else None
+    cog = client.get_cog(HANDLER_COG) if isinstance(client, commands.bot.BotBase) else None  # Bot or AutoShardedBot
     if not isinstance(cog, JobButtonHandler):
         raise RuntimeError(f"the {HANDLER_COG} cog is not loaded")
     return cog

@@ -99,6 +99,14 @@ class BotProcess:
                 await self._printed.wait()
         return found[:count]
 
+    async def wait_for_line(self, text: str, timeout: float = 15.0) -> str:
+        """The first line (printed so far or later) that contains `text`."""
+        try:
+            [line] = await self.wait_for_lines(text, 1, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no line with {text!r}:\n" + "\n".join(self.lines[-20:])) from None
+        return line
+
     async def exited(self, timeout: float = 15.0) -> int:
         """Wait for the process to end on its own; its exit status."""
         assert self._process is not None and self._reader is not None

@@ -1,9 +1,14 @@
-"""Shared fixtures: the fakes on 127.0.0.1, a real aiohttp session, a real SQLite store."""
+"""Shared fixtures: the fakes on 127.0.0.1, a real aiohttp session, a real SQLite store, a real PostgreSQL
+server (a throwaway cluster per session, a fresh database per test).
+
+KONTEXT_NO_SKIPS=1 (set by .ci/run) turns every skip into a failure: CI runs every test or fails."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,16 +20,35 @@ from aiohttp import web
 from bot.__main__ import fal_client
 from bot.config import Settings
 from bot.fal import FalClient
-from bot.store import SqliteJobStore
+from bot.store import PostgresJobStore, SqliteJobStore, Store
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import FakeFal
 from tests.fakes.images import make_png
 from tests.harness import Harness, running_bot
+from tests.postgres import Cluster, PostgresUnavailable, start_cluster
 
 FAL_KEY = "fake-key:secret"
 DISCORD_TOKEN = "fake-discord-token.XYZ123"
 
 SettingsFactory = Callable[..., Settings]
+NO_SKIPS = "KONTEXT_NO_SKIPS"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with `reason`; fail instead where every test must run (CI)."""
+    if os.environ.get(NO_SKIPS):
+        pytest.fail(f"{reason} ({NO_SKIPS} is set: this test must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With KONTEXT_NO_SKIPS set, a run that skipped anything fails."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if os.environ.get(NO_SKIPS) and skipped and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(f"{skipped} test(s) skipped while {NO_SKIPS} is set: failing the run", red=True)
 
 
 @pytest.fixture
@@ -129,3 +153,47 @@ async def trap() -> AsyncIterator[Trap]:
     server.port = runner.addresses[0][1]
     yield server
     await runner.cleanup()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL server for the whole session (skipped, or failed under KONTEXT_NO_SKIPS, only
+    where no server can be run here)."""
+    try:
+        cluster = start_cluster()
+    except PostgresUnavailable as exc:
+        skip_or_fail(str(exc))
+        raise  # not reached: skip_or_fail raises
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def postgres_url(postgres_cluster: Cluster) -> str:
+    """postgresql://... of a fresh, empty database on the session's server."""
+    return await postgres_cluster.new_database()
+
+
+@dataclass
+class Database:
+    """One database of either kind; `store()` makes another (unopened) store on it, as another process would."""
+
+    kind: str
+    location: str
+
+    def store(self) -> Store:
+        if self.kind == "postgres":
+            return PostgresJobStore(self.location)
+        return SqliteJobStore(self.location)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The same tests on both stores."""
+    if request.param == "postgres":
+        cluster: Cluster = request.getfixturevalue("postgres_cluster")
+        return Database("postgres", await cluster.new_database())
+    return Database("sqlite", str(tmp_path / "jobs.sqlite3"))

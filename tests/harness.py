@@ -16,7 +16,7 @@ from bot.__main__ import fal_client
 from bot.bot import KontextBot
 from bot.config import Settings
 from bot.jobs import Job
-from bot.store import SqliteJobStore
+from bot.store import Store, open_store
 from tests.fakes.fake_discord import FakeDiscord, Recorded, run_client
 from tests.fakes.fake_fal import FakeFal
 from tests.fakes.images import make_png
@@ -47,7 +47,7 @@ class Harness:
     discord: FakeDiscord
     fal: FakeFal
     bot: KontextBot
-    store: SqliteJobStore
+    store: Store
     settings: Settings
     errors: ErrorLog = field(default_factory=ErrorLog)
 
@@ -98,9 +98,7 @@ class Harness:
     async def finish_jobs(self) -> list[Job]:
         """Wait (10 s at most) until the bot follows no job any more; returns every stored job, oldest first."""
         await asyncio.wait_for(self.bot.runner.wait_idle(), 10.0)
-        async with self.store.db.execute("SELECT id FROM jobs ORDER BY created_at") as cursor:
-            ids = [row[0] for row in await cursor.fetchall()]
-        return [job for job_id in ids if (job := await self.store.get(job_id)) is not None]
+        return list(reversed(await self.store.jobs(limit=100_000)))
 
     def status_texts(self, key: str | int) -> list[str]:
         """Contents the bot gave one status message, in order: `key` is the interaction token (callback and
@@ -153,7 +151,7 @@ async def running_bot(
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     try:
-        async with aiohttp.ClientSession() as session, SqliteJobStore(settings.database_path) as store:
+        async with aiohttp.ClientSession() as session, open_store(settings) as store:
             bot = KontextBot(
                 settings=settings, session=session, fal=fal_client(session, settings), store=store,
                 guild_ready_timeout=0.05,

@@ -222,6 +222,65 @@ def test_python_m_bot_bad_list_exits_2(tmp_path: Path) -> None:
     assert_no_secret(done.stderr + done.stdout)
 
 
+# -- shards and the database ---------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_one_process_runs_every_shard_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(_env_file=None)
+    assert (settings.shard_count, settings.shard_ids, settings.shards) == (1, None, None)
+    assert settings.database_url is None  # SQLite at DATABASE_PATH
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    assert load_settings(_env_file=None).shards is None  # all four shards in this process
+
+
+@pytest.mark.usefixtures("secrets_env")
+@pytest.mark.parametrize(
+    ("value", "ids"), [("0,1", (0, 1)), ("2-5", (2, 3, 4, 5)), ("[7]", (7,)), (" 1, 3-4 ,6", (1, 3, 4, 6))]
+)
+def test_shard_ids_are_a_list_or_ranges(monkeypatch: pytest.MonkeyPatch, value: str, ids: tuple[int, ...]) -> None:
+    monkeypatch.setenv("SHARD_COUNT", "8")
+    monkeypatch.setenv("SHARD_IDS", value)
+    settings = load_settings(_env_file=None)
+    assert settings.shard_ids == ids
+    assert settings.shards is not None and settings.shards.ids == frozenset(ids) and settings.shards.count == 8
+
+
+@pytest.mark.usefixtures("secrets_env")
+@pytest.mark.parametrize(
+    ("count", "value", "problem"),
+    [("2", "2", "from 0 to SHARD_COUNT - 1 (1)"), (None, "1", "(0)"), ("4", "a-b", "like 0,1 or a range"),
+     ("4", "3-1", "must go up"), ("0", "0", None)],
+)  # fmt: skip
+def test_impossible_shards_are_refused(
+    monkeypatch: pytest.MonkeyPatch, count: str | None, value: str, problem: str | None
+) -> None:
+    if count is not None:
+        monkeypatch.setenv("SHARD_COUNT", count)
+    monkeypatch.setenv("SHARD_IDS", value)
+    text = config_error()
+    variable = "SHARD_COUNT" if problem is None else "SHARD_IDS"
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {variable}")]
+    assert problem is None or problem in line
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_database_url_is_a_secret_and_must_be_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://kontext:pg-Pa55word@db.internal:5432/kontext"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings(_env_file=None)
+    assert settings.database_url is not None and settings.database_url.get_secret_value() == url
+    assert "pg-Pa55word" not in repr(settings) + str(settings.model_dump())
+
+    monkeypatch.setenv("DATABASE_URL", "mysql://kontext:pg-Pa55word@db.internal/kontext")
+    text = config_error()
+    assert "DATABASE_URL: Value error, must start with postgresql://" in text and "pg-Pa55word" not in text
+    for broken in ("postgresql://kontext:pg-Pa55word@db.internal:99999/k", "postgresql://kontext:pg-Pa55word@[db/k"):
+        monkeypatch.setenv("DATABASE_URL", broken)
+        text = config_error()
+        assert "DATABASE_URL: Value error, is not a valid URL" in text and "pg-Pa55word" not in text
+
+
 # -- secrets stay secret ---------------------------------------------------------------------
 
 

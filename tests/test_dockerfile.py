@@ -400,16 +400,29 @@ def test_the_yaml_reader_reads_what_it_claims():
             parse_block_yaml(unsupported)
 
 
-def test_compose_runs_the_image_with_env_file_and_a_data_volume():
+def compose_services() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     compose = parse_block_yaml(COMPOSE.read_text(encoding="utf-8"))
+    return compose, compose["services"]
 
-    [(name, service)] = compose["services"].items()
+
+def in_profile(services: dict[str, dict[str, Any]], profile: str) -> dict[str, dict[str, Any]]:
+    return {name: service for name, service in services.items() if profile in service.get("profiles", [])}
+
+
+def assert_runs_the_image(service: dict[str, Any]) -> None:
     assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"} or service["build"] == "."
     assert service["env_file"] == [".env"] or service["env_file"] == ".env"
+    assert service["restart"] == "unless-stopped"
+
+
+def test_compose_runs_the_image_with_env_file_and_a_data_volume():
+    compose, services = compose_services()
+
+    [(name, service)] = in_profile(services, "sqlite").items()
+    assert_runs_the_image(service)
     [mount] = service["volumes"]
     volume, target = mount.split(":")[:2]
     assert target == "/data" and volume in compose["volumes"]  # a named volume, declared at the top
-    assert service["restart"] == "unless-stopped"
     # `environment` wins over env_file: .env (from .env.example) must not move the state off the volume.
     assert service["environment"]["DATABASE_PATH"].startswith("/data/")
     assert service["environment"]["HEARTBEAT_PATH"].startswith("/data/")
@@ -423,3 +436,34 @@ def test_compose_publishes_the_metrics_port_on_the_hosts_loopback_only():
     # host address : host port : container port, both ports the one the bot listens on
     assert re.fullmatch(r"127\.0\.0\.1:(\$\{METRICS_PORT:-\d+\}):\1", published), published
     assert service["environment"]["METRICS_HOST"] == "0.0.0.0"  # noqa: S104  # inside the container only
+
+
+def test_every_service_is_in_exactly_one_of_the_two_profiles():
+    """No service without a profile: it would start beside either deployment and answer twice."""
+    _, services = compose_services()
+
+    assert {name: len(service.get("profiles", [])) for name, service in services.items()} == dict.fromkeys(services, 1)
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert "\nCOMPOSE_PROFILES=sqlite\n" in example  # `docker compose up` picks SQLite unless told otherwise
+
+
+def test_the_postgres_profile_runs_a_server_and_every_shard_once():
+    compose, services = compose_services()
+    profile = in_profile(services, "postgres")
+    [server] = [service for service in profile.values() if service["image"].startswith("postgres:")]
+    shards = [service for service in profile.values() if service is not server]
+
+    volume, target = server["volumes"][0].split(":")[:2]
+    assert target == "/var/lib/postgresql/data" and volume in compose["volumes"]
+    assert "pg_isready" in " ".join(server["healthcheck"]["test"])
+    assert server["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"  # from .env, never written here
+    counts = {int(shard["environment"]["SHARD_COUNT"]) for shard in shards}
+    assert counts == {len(shards)} and len(shards) >= 2
+    assert sorted(int(shard["environment"]["SHARD_IDS"]) for shard in shards) == list(range(len(shards)))
+    for shard in shards:
+        assert_runs_the_image(shard)
+        assert shard["environment"]["DATABASE_URL"].startswith("postgresql://kontext:${POSTGRES_PASSWORD")
+        assert shard["depends_on"]["postgres"]["condition"] == "service_healthy"
+    names = {int(shard["environment"]["SHARD_IDS"]): name for name, shard in profile.items() if shard in shards}
+    for shard_id in range(1, len(shards)):  # one identify at a time: each waits for the one before to connect
+        assert profile[names[shard_id]]["depends_on"][names[shard_id - 1]]["condition"] == "service_healthy"

@@ -51,9 +51,7 @@ def result_messages(discord: FakeDiscord) -> list[Json]:
 
 async def stored_jobs(path: Path) -> list[Job]:
     async with SqliteJobStore(path) as store:
-        async with store.db.execute("SELECT id FROM jobs") as cursor:
-            ids = [row[0] for row in await cursor.fetchall()]
-        return [job for job_id in ids if (job := await store.get(job_id)) is not None]
+        return await store.jobs()
 
 
 async def test_killed_while_queued_the_job_is_resumed_and_delivered_once(

@@ -1,10 +1,12 @@
-"""The job store on a real database file: round trips, the ledger the limits count, atomic admission,
-schema versions."""
+"""The job store on both real databases, SQLite (a file) and PostgreSQL (a server): round trips, the ledger
+the limits count, atomic admission, shards. SQLite's file schema versions at the end; PostgreSQL's own
+tests (its migrations, its errors) are in test_store_postgres.py."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +16,9 @@ import pytest
 from bot.fal import EditRequest, KontextOutput, OutputImage
 from bot.jobs import Job, JobState
 from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide
-from bot.store import SCHEMA_VERSION, SqliteJobStore, StoreError
+from bot.shards import ShardSet, shard_of
+from bot.store import SCHEMA_VERSION, SqliteJobStore, Store, StoreError
+from tests.conftest import Database
 
 NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 LIMITS = Limits(max_concurrent=2, daily_user_images=20, daily_guild_images=200, cooldown=timedelta(0))
@@ -34,6 +38,12 @@ CREATE TABLE pinned_inputs (user_id INTEGER PRIMARY KEY, url TEXT NOT NULL, cont
     pinned_at TEXT NOT NULL);
 PRAGMA user_version = 1;
 """
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    async with database.store() as opened:
+        yield opened
 
 
 def make_job(user_id: int = 1, *, guild_id: int | None = 10, images: int = 1, state: JobState = JobState.QUEUED,
@@ -82,7 +92,7 @@ def v1_row(job_id: str, state: str, **changes: object) -> dict[str, object]:
 # --- round trips ---------------------------------------------------------------------------------
 
 
-async def test_a_job_survives_a_round_trip(store: SqliteJobStore):
+async def test_a_job_survives_a_round_trip(store: Store):
     result = KontextOutput(images=(OutputImage(url="https://v3.fal.media/a.png", width=8, height=8),), seed=42,
                            has_nsfw_concepts=(True,))  # fmt: skip
     job = make_job(images=2, state=JobState.RUNNING).advance(
@@ -94,7 +104,7 @@ async def test_a_job_survives_a_round_trip(store: SqliteJobStore):
     assert await store.get(job.id) == job
 
 
-async def test_unfinished_lists_only_jobs_still_owed_to_the_user(store: SqliteJobStore):
+async def test_unfinished_lists_only_jobs_still_owed_to_the_user(store: Store):
     owed = [make_job(state=s) for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)]
     done = [make_job(state=s) for s in JobState if s.finished]
     for job in owed + done:
@@ -103,16 +113,36 @@ async def test_unfinished_lists_only_jobs_still_owed_to_the_user(store: SqliteJo
     assert {job.id for job in await store.unfinished()} == {job.id for job in owed}
 
 
-async def test_store_file_is_created_on_first_run_and_reopens(tmp_path: Path):
-    path = tmp_path / "nested" / "dir" / "kontext.sqlite3"
+async def test_each_process_finds_only_the_unfinished_jobs_of_its_shards(store: Store):
+    guilds = [(i << 22) + 7 for i in range(6)]  # on shards 0, 1, 2, 0, 1, 2 of 3
+    jobs = [make_job(guild_id=guild) for guild in guilds] + [make_job(guild_id=None)]  # a DM: shard 0
+    for job in [*jobs, make_job(guild_id=guilds[0], state=JobState.DELIVERED)]:
+        await store.save(job)
+
+    found = {ids: await store.unfinished(ShardSet(frozenset(ids), 3)) for ids in [(0,), (1, 2), (0, 1, 2)]}
+
+    assert [job.guild_id for job in found[(0,)]] == [guilds[0], guilds[3], None]  # oldest first
+    assert {job.guild_id for job in found[(1, 2)]} == {guilds[1], guilds[2], guilds[4], guilds[5]}
+    assert {job.id for job in found[(0, 1, 2)]} == {job.id for job in jobs} == {j.id for j in await store.unfinished()}
+    assert all(shard_of(job.guild_id, 3) == 0 for job in found[(0,)])
+
+
+async def test_a_store_reopens_with_its_jobs(database: Database):
     job = make_job()
-    async with SqliteJobStore(path) as first:
+    async with database.store() as first:
         await first.save(job)
-    async with SqliteJobStore(path) as second:
+    async with database.store() as second:
         assert (await second.get(job.id)) == job
 
 
-async def test_a_cancel_asked_elsewhere_survives_a_save_of_an_older_copy(store: SqliteJobStore):
+async def test_store_file_is_created_on_first_run(tmp_path: Path):
+    path = tmp_path / "nested" / "dir" / "kontext.sqlite3"
+    async with SqliteJobStore(path) as store:
+        await store.save(make_job())
+    assert path.is_file()
+
+
+async def test_a_cancel_asked_elsewhere_survives_a_save_of_an_older_copy(store: Store):
     job = make_job()
     await store.save(job)
 
@@ -123,7 +153,7 @@ async def test_a_cancel_asked_elsewhere_survives_a_save_of_an_older_copy(store: 
     assert stored is not None and stored.cancel_requested and stored.queue_position == 3
 
 
-async def test_pinned_input_expires_and_can_be_cleared(store: SqliteJobStore):
+async def test_pinned_input_expires_and_can_be_cleared(store: Store):
     await store.pin_input(1, "https://v3.fal.media/r.png", "image/png", NOW)
 
     assert await store.pinned_input(1, NOW - timedelta(hours=1)) == ("https://v3.fal.media/r.png", "image/png")
@@ -135,7 +165,7 @@ async def test_pinned_input_expires_and_can_be_cleared(store: SqliteJobStore):
 # --- the ledger the limits count -----------------------------------------------------------------
 
 
-async def test_usage_counts_what_fal_may_bill_and_what_still_runs(store: SqliteJobStore):
+async def test_usage_counts_what_fal_may_bill_and_what_still_runs(store: Store):
     billed = {JobState.DELIVERED: 1, JobState.UNDELIVERABLE: 2, JobState.TIMED_OUT: 3, JobState.UNCONFIRMED: 4}
     running = {JobState.PENDING: 2, JobState.RUNNING: 3}
     for state, images in {**billed, **running}.items():
@@ -185,7 +215,7 @@ def test_decide_names_the_first_limit_and_when_it_lifts():
 
 
 @pytest.mark.parametrize("rounds", [range(10)])
-async def test_simultaneous_admissions_never_overshoot_the_concurrency_limit(store: SqliteJobStore, rounds: range):
+async def test_simultaneous_admissions_never_overshoot_the_concurrency_limit(store: Store, rounds: range):
     for round_number in rounds:
         jobs = [make_job(user_id=100 + round_number, state=JobState.PENDING) for _ in range(20)]
 
@@ -197,7 +227,7 @@ async def test_simultaneous_admissions_never_overshoot_the_concurrency_limit(sto
         assert (await store.usage_snapshot(100 + round_number, 10, NOW)).active_jobs == LIMITS.max_concurrent
 
 
-async def test_simultaneous_admissions_never_overshoot_a_daily_limit(store: SqliteJobStore):
+async def test_simultaneous_admissions_never_overshoot_a_daily_limit(store: Store):
     limits = Limits(max_concurrent=10, daily_user_images=20, daily_guild_images=4, cooldown=timedelta(0))
     jobs = [make_job(user_id=user, state=JobState.PENDING) for user in range(6)]  # six members of one server
 
@@ -207,10 +237,9 @@ async def test_simultaneous_admissions_never_overshoot_a_daily_limit(store: Sqli
     assert (await store.usage_snapshot(0, 10, NOW)).guild_images == 4
 
 
-async def test_two_stores_on_one_file_admit_atomically(tmp_path: Path):
-    """Two processes on one SQLite file: the transaction, not an in-process lock, keeps the limit."""
-    path = tmp_path / "shared.sqlite3"
-    async with SqliteJobStore(path) as one, SqliteJobStore(path) as two:
+async def test_two_stores_on_one_database_admit_atomically(database: Database):
+    """Two processes on one database: the transaction (and its locks), not an in-process lock, keeps the limit."""
+    async with database.store() as one, database.store() as two:
         jobs = [make_job(user_id=5, state=JobState.PENDING) for _ in range(12)]
         stores = [one, two] * 6
 
@@ -219,7 +248,39 @@ async def test_two_stores_on_one_file_admit_atomically(tmp_path: Path):
         assert sum(denial is None for denial in verdicts) == LIMITS.max_concurrent
 
 
-async def test_a_refused_admission_stores_nothing(store: SqliteJobStore):
+async def test_two_stores_never_overshoot_a_guild_or_a_user_daily_limit_together(database: Database):
+    """Members of one server on two processes share its daily images; one member's jobs share theirs."""
+    limits = Limits(max_concurrent=50, daily_user_images=3, daily_guild_images=7, cooldown=timedelta(0))
+    async with database.store() as one, database.store() as two:
+        members = [make_job(user_id=user, state=JobState.PENDING) for user in range(20, 30)]  # guild 10
+        alone = [make_job(user_id=99, guild_id=None, state=JobState.PENDING) for _ in range(8)]  # in DMs
+        jobs = members + alone
+        stores = [one, two] * (len(jobs) // 2)
+
+        verdicts = await asyncio.gather(
+            *(s.admit(job, verdict(job, limits)) for s, job in zip(stores, jobs, strict=True))
+        )
+
+        admitted = [job for job, denial in zip(jobs, verdicts, strict=True) if denial is None]
+        assert sum(job.guild_id == 10 for job in admitted) == 7
+        assert sum(job.user_id == 99 for job in admitted) == 3
+        assert (await one.usage_snapshot(20, 10, NOW)).guild_images == 7
+        assert (await two.usage_snapshot(99, None, NOW)).user_images == 3
+
+
+async def test_without_a_cooldown_a_job_made_just_before_an_admitted_one_is_admitted(store: Store):
+    """Two processes make a user's jobs at nearly the same time and admit them in either order: the later-made
+    job may be admitted first. With no cooldown that must not read as "on cooldown"."""
+    later, earlier = (
+        make_job(state=JobState.PENDING, created_at=NOW + timedelta(milliseconds=5)),
+        make_job(state=JobState.PENDING, created_at=NOW),
+    )
+
+    assert await store.admit(later, verdict(later)) is None
+    assert await store.admit(earlier, verdict(earlier)) is None
+
+
+async def test_a_refused_admission_stores_nothing(store: Store):
     first, second = make_job(images=3, state=JobState.PENDING), make_job(images=3, state=JobState.PENDING)
     limits = Limits(max_concurrent=5, daily_user_images=5, daily_guild_images=100, cooldown=timedelta(0))
 

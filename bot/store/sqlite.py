@@ -1,4 +1,4 @@
-"""Job storage in an embedded SQLite file (no server), behind the `JobStore` interface.
+"""Job storage in an embedded SQLite file (no server), behind the `Store` interface.
 
 The jobs table is also the ledger the limits are counted from, so they survive restarts. Every write
 is its own `BEGIN IMMEDIATE` transaction, one at a time: an admission counts and inserts in one of
@@ -19,11 +19,13 @@ from typing import Any
 
 import aiosqlite
 
-from bot.fal import EditRequest, KontextOutput
-from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, DEFAULT_ENDPOINT, Job, JobState
+from bot.jobs.model import DEFAULT_ENDPOINT, Job
 from bot.quota import Denial, UsageSnapshot
+from bot.shards import ShardSet
+from bot.store.base import StoreError
+from bot.store.rows import ACTIVE, BILLABLE, COLUMNS, job_from, job_values
 
-__all__ = ("SCHEMA_VERSION", "SqliteJobStore", "StoreError")
+__all__ = ("SCHEMA_VERSION", "SqliteJobStore")
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +90,6 @@ ALTER TABLE jobs_v2 RENAME TO jobs;
 CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE
 MIGRATIONS = {1: MIGRATE_1_TO_2}
 
-COLUMNS = (
-    "id", "state", "source", "user_id", "guild_id", "channel_id", "endpoint", "request_json", "num_images",
-    "request_id", "queue_position", "origin_message_id", "status_message_id", "thread_id", "result_json",
-    "result_message_ids", "delivery_attempts", "error", "cost_usd", "cancel_requested", "locale", "created_at",
-    "updated_at",
-)  # fmt: skip
 # A cancel asked for by another process must survive this process saving its own copy of the job.
 SAVE_JOB = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "  # noqa: S608
@@ -102,28 +98,26 @@ SAVE_JOB = (
 )
 
 
-def _states(states: frozenset[JobState]) -> str:
-    return ", ".join(f"'{state.value}'" for state in sorted(states))
-
-
 USAGE_SNAPSHOT = f"""
 SELECT
-    (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ({_states(ACTIVE_STATES)})),
+    (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ({ACTIVE})),
     (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND created_at >= :since
-        AND state IN ({_states(BILLABLE_STATES)})),
+        AND state IN ({BILLABLE})),
     (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = :guild AND created_at >= :since
-        AND state IN ({_states(BILLABLE_STATES)})),
+        AND state IN ({BILLABLE})),
     (SELECT MAX(created_at) FROM jobs WHERE user_id = :user)
 """  # noqa: S608  # constants only
-UNFINISHED = f"SELECT * FROM jobs WHERE state IN ({_states(ACTIVE_STATES)}) ORDER BY created_at"  # noqa: S608
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message names the file and the problem."""
+UNFINISHED = f"SELECT * FROM jobs WHERE state IN ({ACTIVE}) ORDER BY created_at"  # noqa: S608
+# A guild's shard is (guild_id >> 22) % count; DMs (no guild) belong to shard 0.
+UNFINISHED_ON_SHARDS = f"""
+SELECT * FROM jobs WHERE state IN ({ACTIVE})
+    AND (COALESCE(guild_id, 0) >> 22) % :count IN (SELECT value FROM json_each(:ids))
+ORDER BY created_at
+"""  # noqa: S608  # constants only
 
 
 class SqliteJobStore:
-    """`JobStore` on SQLite, with the queries the limits need."""
+    """`Store` on SQLite, with the queries the limits need."""
 
     def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
@@ -248,8 +242,13 @@ class SqliteJobStore:
             row = await cursor.fetchone()
         return _job(row) if row else None
 
-    async def unfinished(self) -> list[Job]:
-        async with self.db.execute(UNFINISHED) as cursor:
+    async def unfinished(self, shards: ShardSet | None = None) -> list[Job]:
+        """Jobs not finished yet, oldest first: all, or those of guilds on `shards` (DMs: shard 0)."""
+        if shards is None:
+            query, params = UNFINISHED, {}
+        else:
+            query, params = UNFINISHED_ON_SHARDS, {"count": shards.count, "ids": json.dumps(sorted(shards.ids))}
+        async with self.db.execute(query, params) as cursor:
             return [_job(row) async for row in cursor]
 
     async def jobs(self, *, user_id: int | None = None, limit: int = 100) -> list[Job]:
@@ -290,41 +289,27 @@ async def _has_table(db: aiosqlite.Connection, name: str) -> bool:
 
 
 def _row(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id, job.state.value, job.source, job.user_id, job.guild_id, job.channel_id, job.endpoint,
-        job.request.model_dump_json(), job.request.num_images, job.request_id, job.queue_position,
-        job.origin_message_id, job.status_message_id, job.thread_id,
-        job.result.model_dump_json() if job.result else None, json.dumps(job.result_message_ids),
-        job.delivery_attempts, job.error, str(job.cost_usd), int(job.cancel_requested), job.locale,
-        job.created_at.isoformat(), job.updated_at.isoformat(),
-    )  # fmt: skip
+    return tuple(_sqlite_value(value) for value in job_values(job))
+
+
+def _sqlite_value(value: Any) -> Any:
+    """SQLite has no timestamp, decimal, boolean or array: ISO text, text, 0/1 and JSON text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, list):
+        return json.dumps(value)
+    return value
 
 
 def _job(row: aiosqlite.Row) -> Job:
-    return Job(
-        id=row["id"],
-        state=JobState(row["state"]),
-        source=row["source"],
-        user_id=row["user_id"],
-        guild_id=row["guild_id"],
-        channel_id=row["channel_id"],
-        endpoint=row["endpoint"],
-        request=EditRequest.from_json(row["request_json"]),  # also Kontext's own body, in rows from before
-        request_id=row["request_id"],
-        queue_position=row["queue_position"],
-        origin_message_id=row["origin_message_id"],
-        status_message_id=row["status_message_id"],
-        thread_id=row["thread_id"],
-        result=KontextOutput.model_validate_json(row["result_json"]) if row["result_json"] else None,
-        result_message_ids=tuple(json.loads(row["result_message_ids"])),
-        delivery_attempts=row["delivery_attempts"],
-        error=row["error"],
-        cost_usd=Decimal(row["cost_usd"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        locale=row["locale"],
-        created_at=_aware(row["created_at"]),
-        updated_at=_aware(row["updated_at"]),
-    )
+    values = dict(zip(row.keys(), row, strict=True))
+    values["result_message_ids"] = json.loads(values["result_message_ids"])
+    values["created_at"], values["updated_at"] = _aware(values["created_at"]), _aware(values["updated_at"])
+    return job_from(values)
 
 
 def _aware(text: str) -> datetime:

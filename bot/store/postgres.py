@@ -1,0 +1,294 @@
+"""Job storage in PostgreSQL (asyncpg), behind the `Store` interface: one database for many processes.
+
+Admission is one READ COMMITTED transaction that first takes transaction-scoped advisory locks on the
+user and on the guild, always in the same order (so two admissions never deadlock), then counts,
+decides and inserts. Any other admission for the same user or guild, in any process, waits for the
+commit and then counts the new job: no two can take the last slot of a limit. Other writes only move
+jobs towards their end, which can only lower the counts.
+
+Errors leave this module as `StoreError` with the server's one-line message: asyncpg appends the
+DETAIL line, which quotes row values, and the URL's password is never repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bot.jobs.model import Job
+from bot.quota import Denial, UsageSnapshot
+from bot.shards import ShardSet
+from bot.store.base import StoreError
+from bot.store.rows import ACTIVE, BILLABLE, COLUMNS, job_from, job_values
+
+__all__ = ("SCHEMA_VERSION", "PostgresJobStore")
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 60.0
+MIGRATION_LOCK = 0x6B6F6E74_6578745F  # "kontext_": one migration at a time, whichever process starts first
+# InternalClientError: the first use of a connection whose server process was ended (a server restart).
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    migrated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+CREATE_V1 = f"""
+CREATE TABLE jobs (
+    id text PRIMARY KEY,
+    state text NOT NULL,
+    source text NOT NULL,
+    user_id bigint NOT NULL,
+    guild_id bigint,
+    channel_id bigint NOT NULL,
+    endpoint text NOT NULL,
+    request_json jsonb NOT NULL,
+    num_images integer NOT NULL,
+    request_id text,
+    queue_position integer,
+    origin_message_id bigint,
+    status_message_id bigint,
+    thread_id bigint,
+    result_json jsonb,
+    result_message_ids bigint[] NOT NULL DEFAULT '{{}}',
+    delivery_attempts integer NOT NULL DEFAULT 0,
+    error text,
+    cost_usd numeric NOT NULL,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    locale text NOT NULL DEFAULT 'en-US',
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE state IN ({ACTIVE});
+CREATE INDEX jobs_by_user ON jobs (user_id, created_at);
+CREATE INDEX jobs_by_guild ON jobs (guild_id, created_at);
+CREATE TABLE pinned_inputs (
+    user_id bigint PRIMARY KEY,
+    url text NOT NULL,
+    content_type text NOT NULL,
+    pinned_at timestamptz NOT NULL
+);
+"""
+# MIGRATIONS[n] takes the schema from version n to n + 1, in one transaction.
+MIGRATIONS = (CREATE_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# A cancel asked for by another process must survive this process saving its own copy of the job.
+_UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:] if c != "cancel_requested")
+SAVE_JOB = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "  # noqa: S608
+    f"ON CONFLICT (id) DO UPDATE SET {_UPDATES}, cancel_requested = jobs.cancel_requested OR EXCLUDED.cancel_requested"
+)
+USAGE_SNAPSHOT = f"""
+SELECT
+    (SELECT count(*) FROM jobs WHERE user_id = $1 AND state IN ({ACTIVE})),
+    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE user_id = $1 AND created_at >= $3 AND state IN ({BILLABLE})),
+    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE guild_id = $2 AND created_at >= $3 AND state IN ({BILLABLE})),
+    (SELECT max(created_at) FROM jobs WHERE user_id = $1)
+"""  # noqa: S608  # constants only
+# A guild's shard is (guild_id >> 22) % count; DMs (no guild) belong to shard 0. $1 NULL: every shard.
+UNFINISHED = f"""
+SELECT * FROM jobs WHERE state IN ({ACTIVE})
+    AND ($1::integer IS NULL OR (coalesce(guild_id, 0) >> 22) % $1 = ANY($2::integer[]))
+ORDER BY created_at
+"""  # noqa: S608  # constants only
+JOBS = "SELECT * FROM jobs WHERE $1::bigint IS NULL OR user_id = $1 ORDER BY created_at DESC LIMIT $2"
+PIN = (
+    "INSERT INTO pinned_inputs (user_id, url, content_type, pinned_at) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT (user_id) DO UPDATE SET url = EXCLUDED.url, content_type = EXCLUDED.content_type, "
+    "pinned_at = EXCLUDED.pinned_at"
+)
+
+
+class PostgresJobStore:
+    """`Store` on a PostgreSQL server, through a pool of `pool_size` connections."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self._url = url
+        self._password = _password(url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self.name = describe_url(url)
+
+    async def open(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings={"application_name": "kontext-bot"},
+            )  # fmt: skip
+        except (*DATABASE_ERRORS, ValueError, OverflowError, TimeoutError) as exc:  # a bad URL, no server
+            raise StoreError(f"{self.name}: {self._problem(exc)}") from None
+        try:
+            await self._migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> PostgresJobStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    # --- schema -------------------------------------------------------------------------------
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        async with self._translated(), pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(VERSION_TABLE)
+            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.name}: schema version {version} is newer than this bot's ({SCHEMA_VERSION}); "
+                    "run the newer bot or restore a backup"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                await conn.execute(MIGRATIONS[step])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step + 1)
+        if 0 < version < SCHEMA_VERSION:
+            log.info("migrated %s from schema version %d to %d", self.name, version, SCHEMA_VERSION)
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def admit(self, job: Job, decide: Callable[[UsageSnapshot], Denial | None]) -> Denial | None:
+        """Count the user's usage, ask `decide`, and store `job` if it said yes — all in one transaction that
+        holds the user's and the guild's locks, so no other admission for either can interleave."""
+        async with self._connection() as conn, conn.transaction(isolation="read_committed"):
+            for key in lock_keys(job.user_id, job.guild_id):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+            # READ COMMITTED: this statement sees every admission that held the locks before.
+            denial = decide(await _usage(conn, job.user_id, job.guild_id, job.created_at))
+            if denial is None:
+                await conn.execute(SAVE_JOB, *job_values(job))
+        return denial
+
+    async def save(self, job: Job) -> None:
+        async with self._connection() as conn:
+            await conn.execute(SAVE_JOB, *job_values(job))
+
+    async def save_many(self, jobs: Sequence[Job]) -> None:
+        """Save several jobs in one transaction (the runner batches the saves of one loop tick)."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(SAVE_JOB, [job_values(job) for job in jobs])
+
+    async def request_cancel(self, job_id: str) -> None:
+        """Mark a job cancelled-by-request, whichever process follows it."""
+        async with self._connection() as conn:
+            await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+
+    async def pin_input(self, user_id: int, url: str, content_type: str, now: datetime) -> None:
+        """Remember an image as the first input of the user's next job ("Use as input")."""
+        async with self._connection() as conn:
+            await conn.execute(PIN, user_id, url, content_type, now)
+
+    async def unpin_input(self, user_id: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM pinned_inputs WHERE user_id = $1", user_id)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        return job_from(row) if row else None
+
+    async def unfinished(self, shards: ShardSet | None = None) -> list[Job]:
+        """Jobs not finished yet, oldest first: all, or those of guilds on `shards` (DMs: shard 0)."""
+        count, ids = (None, None) if shards is None else (shards.count, sorted(shards.ids))
+        async with self._connection() as conn:
+            return [job_from(row) for row in await conn.fetch(UNFINISHED, count, ids)]
+
+    async def jobs(self, *, user_id: int | None = None, limit: int = 100) -> list[Job]:
+        """The newest jobs (of one user, if given), newest first."""
+        async with self._connection() as conn:
+            return [job_from(row) for row in await conn.fetch(JOBS, user_id, limit)]
+
+    async def usage_snapshot(self, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
+        """Everything the limits need, in one query."""
+        async with self._connection() as conn:
+            return await _usage(conn, user_id, guild_id, now)
+
+    async def pinned_input(self, user_id: int, since: datetime) -> tuple[str, str] | None:
+        query = "SELECT url, content_type FROM pinned_inputs WHERE user_id = $1 AND pinned_at >= $2"
+        async with self._connection() as conn:
+            row = await conn.fetchrow(query, user_id, since)
+        return (row["url"], row["content_type"]) if row else None
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        async with self._translated(), self.pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except DATABASE_ERRORS as exc:
+            raise StoreError(f"{self.name}: {self._problem(exc)}") from None
+
+    def _problem(self, exc: BaseException) -> str:
+        """The error's first line: no DETAIL (row values), no password."""
+        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        line = (text.splitlines() or [type(exc).__name__])[0]
+        return line.replace(self._password, "***") if self._password else line
+
+
+async def _usage(conn: Any, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
+    since = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    active, user_images, guild_images, last = await conn.fetchrow(USAGE_SNAPSHOT, user_id, guild_id, since)
+    return UsageSnapshot(int(active), int(user_images), int(guild_images), last)
+
+
+def lock_keys(user_id: int, guild_id: int | None) -> list[int]:
+    """The advisory lock keys of an admission, in the one order every admission takes them."""
+    names = [f"kontext:user:{user_id}"] + ([] if guild_id is None else [f"kontext:guild:{guild_id}"])
+    return sorted(_lock_key(name) for name in names)
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit key; a collision only makes two admissions wait for each other."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def describe_url(url: str) -> str:
+    """postgresql://user@host:port/db: the database named without its password."""
+    try:
+        parts = urlsplit(url)
+        host = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    except ValueError:
+        return "the PostgreSQL database in DATABASE_URL"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"postgresql://{user}{host}{parts.path or '/'}"

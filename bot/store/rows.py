@@ -1,0 +1,68 @@
+"""A job as the column values both stores write, and back; the SQL both stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from bot.fal import EditRequest, KontextOutput
+from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, Job, JobState
+
+__all__ = ("ACTIVE", "BILLABLE", "COLUMNS", "job_from", "job_values")
+
+COLUMNS = (
+    "id", "state", "source", "user_id", "guild_id", "channel_id", "endpoint", "request_json", "num_images",
+    "request_id", "queue_position", "origin_message_id", "status_message_id", "thread_id", "result_json",
+    "result_message_ids", "delivery_attempts", "error", "cost_usd", "cancel_requested", "locale", "created_at",
+    "updated_at",
+)  # fmt: skip
+
+
+def _states(states: frozenset[JobState]) -> str:
+    return ", ".join(f"'{state.value}'" for state in sorted(states))
+
+
+# SQL lists of states (constants, never user input).
+ACTIVE = _states(ACTIVE_STATES)
+BILLABLE = _states(BILLABLE_STATES)
+
+
+def job_values(job: Job) -> tuple[Any, ...]:
+    """The job's column values in `COLUMNS` order, as Python values; each store adapts the types it lacks."""
+    return (
+        job.id, job.state.value, job.source, job.user_id, job.guild_id, job.channel_id, job.endpoint,
+        job.request.model_dump_json(), job.request.num_images, job.request_id, job.queue_position,
+        job.origin_message_id, job.status_message_id, job.thread_id,
+        job.result.model_dump_json() if job.result else None, list(job.result_message_ids),
+        job.delivery_attempts, job.error, job.cost_usd, job.cancel_requested, job.locale,
+        job.created_at, job.updated_at,
+    )  # fmt: skip
+
+
+def job_from(row: Mapping[str, Any]) -> Job:
+    """A job from its columns (timestamps already aware datetimes, message ids a sequence)."""
+    return Job(
+        id=row["id"],
+        state=JobState(row["state"]),
+        source=row["source"],
+        user_id=row["user_id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        endpoint=row["endpoint"],
+        request=EditRequest.from_json(row["request_json"]),  # also Kontext's own body, in rows from before
+        request_id=row["request_id"],
+        queue_position=row["queue_position"],
+        origin_message_id=row["origin_message_id"],
+        status_message_id=row["status_message_id"],
+        thread_id=row["thread_id"],
+        result=KontextOutput.model_validate_json(row["result_json"]) if row["result_json"] else None,
+        result_message_ids=tuple(row["result_message_ids"]),
+        delivery_attempts=row["delivery_attempts"],
+        error=row["error"],
+        cost_usd=Decimal(row["cost_usd"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        locale=row["locale"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
