@@ -112,7 +112,7 @@ async def start(bot: KontextBot, settings: Settings, stop: asyncio.Event) -> Non
     """Log in, waiting out an unreachable Discord; then the gateway, which discord.py keeps reconnecting."""
     token = settings.discord_token.get_secret_value()
     if await startup.login(bot, token, first_delay=settings.retry_base_seconds, stop=stop):
-        await startup.connect(bot, stop=stop)
+        await bot.connect()  # an AutoShardedBot retries each shard's connection itself
 
 
 async def watch_fal(settings: Settings, fal: FalClient) -> None:
@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("CRITICAL", secrets, settings.log_format)  # the checklist is the output
         return asyncio.run(check(settings))
     setup_logging(settings.log_level, secrets, settings.log_format)
-    logging.getLogger("discord.client").addFilter(startup.OneLineReconnects())
+    for name in ("discord.client", "discord.shard"):
+        logging.getLogger(name).addFilter(startup.OneLineReconnects())
     return run_bot(settings)
 
 

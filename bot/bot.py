@@ -168,7 +168,8 @@ class KontextBot(commands.AutoShardedBot):
 
     def gateway_connected(self) -> bool:
         """Ready, and the gateway connection is open (False while it reconnects): `/healthz`."""
-        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+        shards = self.shards.values()
+        return self.is_ready() and not self.is_closed() and bool(shards) and not any(s.is_closed() for s in shards)
 
     async def on_ready(self) -> None:
         shards = self.settings.shards

@@ -14,7 +14,7 @@ import discord
 
 from bot.doctor import UNREACHABLE, FalStatus, Verdict, describe, probe_fal
 
-__all__ = ("OneLineReconnects", "backoff", "connect", "login", "watch_fal")
+__all__ = ("OneLineReconnects", "backoff", "login", "watch_fal")
 
 log = logging.getLogger("bot")
 
@@ -43,19 +43,6 @@ async def login(client: discord.Client, token: str, *, first_delay: float, stop:
     return False
 
 
-async def connect(client: discord.Client, *, stop: asyncio.Event) -> None:
-    """Run the gateway. discord.py reconnects on its own, except when the very first connection fails: it
-    then reads the previous socket, which is None, and dies of an AttributeError (Rapptz/discord.py#10520).
-    It has logged and waited out that failure already ("Attempting a reconnect"), so it is simply run again."""
-    while not stop.is_set():
-        try:
-            await client.connect()
-            return
-        except AttributeError:
-            if client.ws is not None or client.is_closed():
-                raise
-
-
 async def _drop_session(client: discord.Client) -> None:
     """Each login opens a session with its own connector; close both so the next try starts clean."""
     await client.http.close()
@@ -79,12 +66,15 @@ async def watch_fal(fal: FalStatus, endpoint: str, *, where: str, first_delay: f
         log.warning("fal at %s answered unexpectedly (%s); python -m bot check", where, probe.detail)
 
 
+RECONNECT_MESSAGES = ("Attempting a reconnect", "Failed to connect for shard_id")  # discord.client, discord.shard
+
+
 class OneLineReconnects(logging.Filter):
-    """discord.py logs every failed gateway reconnect at ERROR with a traceback, though it only means the
+    """discord.py logs every failed gateway (re)connect at ERROR with a traceback, though it only means the
     network is down; this makes each one a single WARNING line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and str(record.msg).startswith("Attempting a reconnect"):
+        if record.exc_info and str(record.msg).startswith(RECONNECT_MESSAGES):
             reason = describe(record.exc_info[1]) if record.exc_info[1] else "?"
             record.msg, record.args = f"{record.getMessage()} (gateway unreachable: {reason})", ()
             record.exc_info = record.exc_text = None
