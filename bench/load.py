@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -27,7 +28,6 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.metrics import percentile
 from bench.rig import Rig, in_flight, rig, sample, wall
 from bench.world import bench_prompt, kontext_payload
 from tests.fakes.fake_fal import JobScript
@@ -37,6 +37,16 @@ ACK_TARGET = 0.5
 DRAIN_SECONDS = 90.0  # after the last dispatch, for the jobs in flight to end
 _CALLBACK = re.compile(r"/interactions/\d+/(?P<token>[^/]+)/callback")
 WARNINGS = ("Can't keep up", "heartbeat blocked", "rate limited")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass
@@ -56,6 +66,8 @@ class Run:
     lost: int = 0
     duplicated: int = 0
     cpu_seconds: float = 0.0
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0  # in the kernel: sockets, the event loop's polling, disk flushes
     rss_start_kib: int = 0
     rss_peak_kib: int = 0
     rss_end_kib: int = 0
@@ -100,11 +112,13 @@ async def _measure(r: Rig, run: Run) -> Run:
     loop = asyncio.get_running_loop()
     stop, samples = asyncio.Event(), run.rss_series
     sampler = asyncio.create_task(sample(r, samples, stop))
-    cpu_before, run.rss_start_kib = r.cpu_seconds(), r.rss_kib()
+    cpu_before, run.rss_start_kib = r.cpu_split(), r.rss_kib()
     fakes_cpu, started = time.process_time(), loop.time()
     tokens = await _dispatch(r, run)
     run.drained = await _drain(r, tokens, loop.time() + DRAIN_SECONDS)
-    run.cpu_seconds = r.cpu_seconds() - cpu_before
+    user, system = r.cpu_split()
+    run.cpu_user, run.cpu_system = user - cpu_before[0], system - cpu_before[1]
+    run.cpu_seconds = run.cpu_user + run.cpu_system
     run.fakes_cpu_share = (time.process_time() - fakes_cpu) / (loop.time() - started)
     stop.set()
     await sampler
@@ -236,7 +250,9 @@ def describe(run: Run) -> dict[str, object]:
         "ack_p99_ms": round(run.ack(99) * 1000), "ack_max_ms": round(max(run.acks, default=0) * 1000),
         "expired": run.expired, "shed": run.shed, "refused_other": run.refused_other, "paid_jobs": run.paid,
         "delivered": run.delivered, "lost": run.lost, "duplicated": run.duplicated, "drained": run.drained,
-        "bot_cpu_ms_per_job": round(run.cpu_ms_per_job, 2), "peak_jobs_in_flight": run.peak_in_flight,
+        "bot_cpu_ms_per_job": round(run.cpu_ms_per_job, 2),
+        "bot_cpu_system_share": round(run.cpu_system / run.cpu_seconds, 2) if run.cpu_seconds else 0.0,
+        "peak_jobs_in_flight": run.peak_in_flight,
         "fakes_cpu_share": round(run.fakes_cpu_share, 2),
         "rss_start_mib": round(run.rss_start_kib / 1024, 1), "rss_peak_mib": round(run.rss_peak_kib / 1024, 1),
         "rss_end_mib": round(run.rss_end_kib / 1024, 1), "rss_per_1000_jobs_mib": round(run.rss_per_1000_kib / 1024, 1),

@@ -46,8 +46,12 @@ class Rig:
 
     def cpu_seconds(self) -> float:
         """The bot process's CPU time (user + system, every thread) so far."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the bot process so far."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
     def rss_kib(self) -> int:
         return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE_KIB
@@ -65,12 +69,14 @@ async def rig(script: JobScript, *, jobs: int, jitter: float, users: int, env: d
             settings = {**BOT_SETTINGS, **(env or {})}
             environment = bot_environment(discord, fal, Path(tmp) / "kontext.sqlite3", **settings)
             process = BotProcess(environment, Path(tmp))
+            if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes
+                process.python_args = ("-m", "cProfile", "-o", profile, "-m", "bot")
             await process.start(timeout=30)
             try:
                 image = discord.add_attachment("in.png", make_png(32, 32))
                 yield Rig(discord, fal, process, bench_users, image, process.pid, settings)
             finally:
-                await process.kill()
+                await (process.terminate() if os.environ.get("BENCH_CPROFILE") else process.kill())
 
 
 async def sample(rig_: Rig, samples: list[tuple[float, int, int]], stop: asyncio.Event, every: float = 0.5) -> None:

@@ -12,7 +12,8 @@ carries the ids. For a job that means three calls in the job owner:
 
 Kept out, whatever the level: configured secrets and Discord interaction/webhook tokens (scrubbed from the
 finished text, tracebacks included), request and response bodies of discord.py (prompts, signed attachment
-links) and SQL statements with their parameters (aiosqlite's logger is held at WARNING).
+links) and SQL statements with their parameters (the SQLite store logs none; asyncpg's logger is held at
+WARNING).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ CONTEXT_FIELDS = {"job_id": "job", "request_id": "req", "guild_id": "guild", "us
 # Loggers held at WARNING or above, and why.
 QUIET_LOGGERS = (
     "discord.gateway",  # every gateway payload: interaction tokens, message texts
-    "aiosqlite",  # every SQL statement with its parameters (prompts, signed Discord links)
     "asyncpg",  # logs no queries today; held here so a future version cannot start to
 )
 

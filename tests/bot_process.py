@@ -43,6 +43,8 @@ def bot_environment(discord: FakeDiscord, fal: FakeFal, database: Path, **extra:
 class BotProcess:
     """One run of the bot. `lines` collects everything it printed."""
 
+    python_args: tuple[str, ...] = ("-m", "bot")  # the bench may run it under a profiler
+
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self._env = env
         self._cwd = cwd
@@ -61,7 +63,7 @@ class BotProcess:
     async def launch(self) -> None:
         """Start the process without waiting for anything."""
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", env=self._env, cwd=self._cwd,
+            sys.executable, *self.python_args, env=self._env, cwd=self._cwd,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read())

@@ -273,7 +273,7 @@ class Replay:
 
     def check_dependency_layer(self) -> None:
         """Just before the code is copied: the dependencies are installed, the project itself is not."""
-        imports = "import discord, aiohttp, pydantic, pydantic_settings, aiosqlite, asyncpg, prometheus_client, babel"
+        imports = "import discord, aiohttp, pydantic, pydantic_settings, asyncpg, prometheus_client, babel"
         run([str(self.python), "-c", imports], env=self.pip_env(), cwd=self.fs.parent)
         assert self.installed() == read_lock(RUNTIME_LOCK).pins  # exactly the lock: nothing more, nothing else
         assert not (self.workdir / "bot").exists()

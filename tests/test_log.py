@@ -15,14 +15,16 @@ import sys
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 
-import aiosqlite
 import discord.http
 import pytest
 from hypothesis import given, strategies as st
 
+from bot.fal import EditRequest
+from bot.jobs import Job
 from bot.log import (
     BODY_ARGUMENTS,
     BODY_OMITTED,
@@ -36,6 +38,7 @@ from bot.log import (
     reset,
     setup_logging,
 )
+from bot.store import SqliteJobStore
 
 FAL_KEY = "kid-4711:s3cr3t-Xq9vLpZt"
 DISCORD_TOKEN = "MTIz.discord-TOKEN-value.Zy9"
@@ -315,9 +318,9 @@ def json_lines(out: str) -> list[dict[str, str]]:
 async def test_sql_and_its_parameters_stay_out_even_at_debug(capsys: pytest.CaptureFixture[str], tmp_path: Path):
     setup_logging("DEBUG", SECRETS, "json")
 
-    async with aiosqlite.connect(tmp_path / "x.sqlite3") as db:
-        await db.execute("CREATE TABLE jobs (prompt TEXT)")
-        await db.execute("INSERT INTO jobs VALUES (?)", ("paint it gold",))
+    async with SqliteJobStore(tmp_path / "x.sqlite3") as store:
+        request = EditRequest(prompt="paint it gold", image_urls=("https://cdn.example/a.png",))
+        await store.save(Job(request=request, user_id=1, channel_id=2, guild_id=3, source="slash", cost_usd=Decimal(0)))
     logging.getLogger("bot").debug("still at DEBUG")
 
     out = capsys.readouterr().out

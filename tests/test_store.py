@@ -301,7 +301,7 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Pat
 
     async with SqliteJobStore(path) as store:
         queued, delivering = await store.get("a" * 32), await store.get("b" * 32)
-        version = (await (await store.db.execute("PRAGMA user_version")).fetchone())[0]  # type: ignore[index]
+        version = await store.schema_version()
 
     assert version == SCHEMA_VERSION
     assert queued is not None and queued.state is JobState.QUEUED and queued.request_id == f"req-{'a' * 32}"
