@@ -68,7 +68,11 @@ async def rig(script: JobScript, *, jobs: int, jitter: float, users: int, env: d
             bench_users = add_users(discord, users)
             settings = {**BOT_SETTINGS, **(env or {})}
             environment = bot_environment(discord, fal, Path(tmp) / "kontext.sqlite3", **settings)
+            if root := os.environ.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
+                environment["PYTHONPATH"] = root
+                environment["FAL_RESULT_HOSTS"] = '["127.0.0.1"]'  # older versions matched hosts without ports
             process = BotProcess(environment, Path(tmp))
+            process.python = os.environ.get("BENCH_BOT_PYTHON", process.python)
             if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes
                 process.python_args = ("-m", "cProfile", "-o", profile, "-m", "bot")
             await process.start(timeout=30)

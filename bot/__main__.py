@@ -10,7 +10,7 @@ import resource
 import signal
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 import discord
@@ -177,9 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_bot(settings)
 
 
+def event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (every platform but Windows): the same work for less CPU."""
+    try:
+        import uvloop  # optional by platform
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_bot(settings: Settings) -> int:
     try:
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=event_loop()) as runner:
+            runner.run(run(settings))
     except KeyboardInterrupt:
         pass
     except discord.LoginFailure:

@@ -44,14 +44,18 @@ def invite_url(application_id: int) -> str:
 
 # Gateway events the bot never uses; with the guild messages intent on, every edit in every server (the bot's own
 # status edits included) arrives as MESSAGE_UPDATE, and parsing them was a tenth of the bot's CPU under load.
+# Threads are not cached either: each job makes one, and the cache would only grow (a thread is fetched when a
+# job runs in one).
 UNUSED_EVENTS = (
     "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK", "MESSAGE_REACTION_REMOVE",
     "MESSAGE_REACTION_REMOVE_ALL", "MESSAGE_REACTION_REMOVE_EMOJI", "MESSAGE_POLL_VOTE_ADD",
-    "MESSAGE_POLL_VOTE_REMOVE",
+    "MESSAGE_POLL_VOTE_REMOVE", "THREAD_CREATE", "THREAD_UPDATE", "THREAD_LIST_SYNC", "THREAD_MEMBER_UPDATE",
+    "THREAD_MEMBERS_UPDATE",
 )  # fmt: skip
 
 
 RATE_LIMIT_SWEEP_SECONDS = 30.0
+RATE_LIMIT_LOGGERS = ("discord.http", "discord.webhook.async_")  # where discord.py reports the 429s it waits out
 
 
 def _ignore(data: Any) -> None:
@@ -106,7 +110,6 @@ class KontextBot(commands.AutoShardedBot):
         self.metrics = metrics or Metrics()
         options.setdefault("intents", bot_intents(message_content=settings.message_content_intent))
         options.setdefault("max_messages", None)  # no message cache: the bot never looks a message up in it
-        options.setdefault("http_trace", self.metrics.discord_trace())
         if settings.shard_ids is not None:
             options.setdefault("shard_ids", list(settings.shard_ids))
         super().__init__(
@@ -126,6 +129,7 @@ class KontextBot(commands.AutoShardedBot):
         )  # fmt: skip
         self._heartbeat: asyncio.Task[None] | None = None
         self.loop_monitor = LoopMonitor()
+        self._rate_limits = self.metrics.rate_limit_counter()
         self.load_guard = LoadGuard(
             self.loop_monitor, max_admitting=settings.max_admitting, max_lag=settings.max_loop_lag_seconds
         )
@@ -145,6 +149,8 @@ class KontextBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         self.loop_monitor.start()
         self._parse_only_what_is_used()
+        for name in RATE_LIMIT_LOGGERS:
+            logging.getLogger(name).addFilter(self._rate_limits)
         sweep_rate_limits_rarely(self.http)
         for extension in EXTENSIONS:
             if extension not in self.extensions:  # a login retried after a network error runs this again
@@ -190,5 +196,7 @@ class KontextBot(commands.AutoShardedBot):
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self.loop_monitor.stop()
+        for name in RATE_LIMIT_LOGGERS:
+            logging.getLogger(name).removeFilter(self._rate_limits)
         await self.runner.close()
         await super().close()

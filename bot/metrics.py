@@ -2,22 +2,21 @@
 
 The core reports through small hooks and knows nothing of Prometheus: the job runner calls
 `Metrics.changed(old, new)` (the `JobObserver` port) on every change of a job, the status message calls
-`status_shown`, fal errors are counted by `ObservedFal` around the runner's fal client, and Discord's answers
-(429s, interaction callbacks) are seen by the aiohttp `TraceConfig` discord.py is given (`discord_trace`).
+`status_shown`, the launcher `interaction_answered`, fal errors are counted by `ObservedFal` around the
+runner's fal client, and Discord's 429s by a filter on discord.py's loggers (`rate_limit_counter`): it logs
+each one it waits out. Nothing hooks into every request.
 `bot.metrics_server` serves the registry over HTTP.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from types import SimpleNamespace
+from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bot.fal import (
@@ -44,8 +43,6 @@ __all__ = ("Metrics", "ObservedFal", "fal_error_kind")
 
 log = logging.getLogger(__name__)
 
-DISCORD_EPOCH_MS = 1_420_070_400_000
-_CALLBACK = re.compile(r"/interactions/(\d+)/[^/]+/callback$")
 
 # Most specific first: the first class an error is an instance of names its kind.
 FAL_ERROR_KINDS: tuple[tuple[type[FalError], str], ...] = (
@@ -96,8 +93,8 @@ class Metrics:
             registry=reg, buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 5),
         )  # fmt: skip
         self.rate_limited = Counter(
-            "kontext_discord_rate_limited", "Discord answers with HTTP 429, by X-RateLimit-Scope", ["scope"],
-            registry=reg,
+            "kontext_discord_rate_limited", "Discord answers with HTTP 429 waited out: webhook, bot or global",
+            ["scope"], registry=reg,
         )  # fmt: skip
         self.fal_errors = Counter(
             "kontext_fal_errors", "Errors of fal calls, by call and kind", ["operation", "kind"], registry=reg
@@ -149,21 +146,13 @@ class Metrics:
     def status_shown(self, lag_seconds: float) -> None:
         self.edit_lag.observe(max(lag_seconds, 0.0))
 
-    def discord_trace(self) -> aiohttp.TraceConfig:
-        """For `discord.Client(http_trace=...)`: counts 429s and times interaction answers."""
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(self._on_discord_answer)
-        return trace
+    def interaction_answered(self, created_at: datetime) -> None:
+        """An interaction's first answer was accepted by Discord; `created_at` comes from its snowflake id."""
+        self.answer_latency.observe(max((datetime.now(UTC) - created_at).total_seconds(), 0.0))
 
-    async def _on_discord_answer(
-        self, session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestEndParams
-    ) -> None:
-        status = params.response.status
-        if status == 429:
-            self.rate_limited.labels(params.response.headers.get("X-RateLimit-Scope", "unknown")).inc()
-        elif params.method == "POST" and status < 300 and (match := _CALLBACK.search(params.url.path)):
-            created = ((int(match[1]) >> 22) + DISCORD_EPOCH_MS) / 1000  # the interaction id is a snowflake
-            self.answer_latency.observe(max(time.time() - created, 0.0))
+    def rate_limit_counter(self) -> logging.Filter:
+        """A filter for discord.py's loggers that counts the 429s they report (it logs every one it waits out)."""
+        return _RateLimitCounter(self.rate_limited)
 
     # --- fal ----------------------------------------------------------------------------------------
 
@@ -214,3 +203,25 @@ class ObservedFal:
         except FalError as exc:
             self._metrics.fal_error("download", exc)
             raise
+
+
+class _RateLimitCounter(logging.Filter):
+    """discord.py waits out each 429 itself and says so in its log: counting those lines counts the 429s,
+    without hooking into every request."""
+
+    SCOPES = (
+        ("Global rate limit", "global"), ("We are being rate limited", "bot"), ("Webhook ID", "webhook"),
+    )  # fmt: skip
+
+    def __init__(self, counter: Counter) -> None:
+        super().__init__()
+        self._counter = counter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            message = str(record.msg)
+            for prefix, scope in self.SCOPES:
+                if message.startswith(prefix) and ("rate limit" in message or "429" in message):
+                    self._counter.labels(scope).inc()
+                    break
+        return True

@@ -26,7 +26,7 @@ from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request, check_fits
 from cogs.render import denial_text, render_status
-from cogs.replies import NO_MENTIONS, UserFacingError
+from cogs.replies import NO_MENTIONS, UserFacingError, answered
 from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget, StatusMessage, StatusTarget
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ async def _answer(interaction: discord.Interaction[Any], content: str, view: dis
         response = await interaction.response.send_message(
             content, view=view, allowed_mentions=NO_MENTIONS, suppress_embeds=True
         )
+        answered(interaction)
         return response.message_id
     message = await interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
     return message.id

@@ -12,7 +12,7 @@ import discord
 
 from bot.i18n import using_locale
 
-__all__ = ("NO_MENTIONS", "UserFacingError", "replying", "send_ephemeral")
+__all__ = ("NO_MENTIONS", "UserFacingError", "answered", "replying", "send_ephemeral")
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,16 @@ async def send_ephemeral(interaction: discord.Interaction[Any], text: str) -> No
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
         else:
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            answered(interaction)
     except (discord.HTTPException, discord.InteractionResponded) as exc:
         log.warning("could not answer interaction %s: %s", interaction.id, exc)
+
+
+def answered(interaction: discord.Interaction[Any]) -> None:
+    """Record how long the first answer to `interaction` took (for the metrics, when the client keeps them)."""
+    metrics = getattr(interaction.client, "metrics", None)
+    if metrics is not None:
+        metrics.interaction_answered(interaction.created_at)
 
 
 @asynccontextmanager

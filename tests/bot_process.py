@@ -43,7 +43,8 @@ def bot_environment(discord: FakeDiscord, fal: FakeFal, database: Path, **extra:
 class BotProcess:
     """One run of the bot. `lines` collects everything it printed."""
 
-    python_args: tuple[str, ...] = ("-m", "bot")  # the bench may run it under a profiler
+    python: str = sys.executable  # the bench may run another checkout of the bot, in its own venv
+    python_args: tuple[str, ...] = ("-m", "bot")  # ... or run it under a profiler
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self._env = env
@@ -63,7 +64,7 @@ class BotProcess:
     async def launch(self) -> None:
         """Start the process without waiting for anything."""
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, *self.python_args, env=self._env, cwd=self._cwd,
+            self.python, *self.python_args, env=self._env, cwd=self._cwd,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read())

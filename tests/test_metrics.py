@@ -85,11 +85,11 @@ async def test_a_scrape_after_one_job_shows_it_counted_and_timed(metered: tuple[
         assert value(samples, f"{histogram}_sum") >= 0, histogram
     assert value(samples, "kontext_status_edit_lag_seconds_count") >= 1  # queued → running → done, coalesced
     assert value(samples, "kontext_estimated_spend_usd_total", source=job.source) == pytest.approx(0.16)
-    assert value(samples, "kontext_discord_rate_limited_total", scope="user") == 0
+    assert all(value(samples, "kontext_discord_rate_limited_total", scope=s) == 0 for s in ("webhook", "bot", "global"))
     assert await health(url) == 200
 
 
-async def test_discord_429s_are_counted_by_scope(metered: tuple[Harness, str]):
+async def test_discord_429s_are_counted_by_where_they_were_met(metered: tuple[Harness, str]):
     harness, url = metered
     harness.errors.allowed.append("is rate limited. Retrying")  # discord.py's warning; it waits and retries
     harness.discord.fail_next("PATCH", r"/webhooks/.*", 429, headers={"X-RateLimit-Scope": "user"})
@@ -100,7 +100,7 @@ async def test_discord_429s_are_counted_by_scope(metered: tuple[Harness, str]):
     samples = await scrape(url)
 
     assert job.state is JobState.DELIVERED
-    assert value(samples, "kontext_discord_rate_limited_total", scope="user") == 1
+    assert value(samples, "kontext_discord_rate_limited_total", scope="webhook") == 1  # the status edit's token
 
 
 async def test_fal_errors_are_counted_by_call_and_kind(metered: tuple[Harness, str]):
