@@ -137,7 +137,8 @@ async def _dispatch(r: Rig, run: Run) -> dict[str, int]:
         delay = start + index / run.rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        payload = kontext_payload(r.discord, bench_prompt(run.name, index), r.image, r.users[index])
+        channel = r.channels[index % len(r.channels)]
+        payload = kontext_payload(r.discord, bench_prompt(run.name, index), r.image, r.users[index], channel)
         tokens[payload["token"]] = index
         await r.discord.interact(payload)
     run.dispatched = count
@@ -214,7 +215,7 @@ def _prompt_line(content: str) -> str:
 
 
 def _read_bot_output(r: Rig, run: Run) -> None:
-    for line in r.bot.lines:
+    for line in (line for bot in r.bots for line in bot.lines):
         for warning in WARNINGS:
             if warning in line:
                 run.bot_warnings[warning] += 1

@@ -1,5 +1,5 @@
-"""The load bench's rig: the fakes (and the driver) in this process, the bot in its own, started as users
-start it (`python -m bot`), so every CPU and memory figure read from /proc is the bot's own."""
+"""The load bench's rig: the fakes (and the driver) in this process, the bot in processes of its own, started as
+users start it (`python -m bot`), so every CPU and memory figure read from /proc is the bot's own."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.world import add_users, jittered, started_fal, timed_fakes
+from bench.world import FIRST_BENCH_USER, jittered, started_fal, timed_fakes
 from tests.bot_process import BotProcess, bot_environment
 from tests.fakes.fake_discord import FakeDiscord, Json
 from tests.fakes.fake_fal import FakeFal, JobScript
@@ -38,49 +38,86 @@ BOT_SETTINGS = {
 class Rig:
     discord: FakeDiscord
     fal: FakeFal
-    bot: BotProcess
+    bots: list[BotProcess]
     users: list[int]
+    channels: list[int]  # interactions go to these in turn (one per guild: each guild's shard)
     image: Json
-    pid: int
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     def cpu_seconds(self) -> float:
-        """The bot process's CPU time (user + system, every thread) so far."""
+        """CPU time (user + system, every thread) of the bot processes so far."""
         return sum(self.cpu_split())
 
     def cpu_split(self) -> tuple[float, float]:
-        """(user, system) CPU seconds of the bot process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+        """(user, system) CPU seconds of the bot processes so far."""
+        user = system = 0.0
+        for bot in self.bots:
+            fields = Path(f"/proc/{bot.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            user, system = user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS
+        return user, system
 
     def rss_kib(self) -> int:
-        return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE_KIB
+        return sum(int(Path(f"/proc/{bot.pid}/statm").read_text().split()[1]) * PAGE_KIB for bot in self.bots)
+
+
+@asynccontextmanager
+async def fakes(script: JobScript, *, jobs: int, jitter: float) -> AsyncIterator[tuple[FakeDiscord, FakeFal]]:
+    """Fresh fakes whose fal jobs follow `script`, each with its step jittered."""
+    with timed_fakes():
+        async with FakeDiscord(edit_rate=(5, 5.0)) as discord, started_fal(
+            jittered(script, jobs, jitter), ping_interval=1.0
+        ) as fal:  # fmt: skip
+            yield discord, fal
+
+
+def add_users(discord: FakeDiscord, count: int, guild_ids: Sequence[int] | None = None) -> list[int]:
+    """Members of the given guilds (the main one by default), one per job: no user limit is ever in the way."""
+    ids = [FIRST_BENCH_USER + i for i in range(count)]
+    for user_id in ids:
+        discord.add_user(user_id, f"u{user_id}", guild_ids=guild_ids)
+    return ids
+
+
+@asynccontextmanager
+async def bots(discord: FakeDiscord, fal: FakeFal, envs: Sequence[dict[str, str]], *, database: str | None = None,
+               ) -> AsyncIterator[list[BotProcess]]:  # fmt: skip
+    """One `python -m bot` per env, started one after another (as Discord wants shards to identify); killed at
+    the end. Without a `database` URL each runs on a SQLite file of its own."""
+    with tempfile.TemporaryDirectory(prefix="kontext-bench-") as tmp:
+        started: list[BotProcess] = []
+        try:
+            for number, env in enumerate(envs):
+                started.append(await _start(discord, fal, Path(tmp), number, env, database))
+            yield started
+        finally:
+            for process in started:
+                await (process.terminate() if os.environ.get("BENCH_CPROFILE") else process.kill())
+
+
+async def _start(discord: FakeDiscord, fal: FakeFal, tmp: Path, number: int, env: dict[str, str],
+                 database: str | None) -> BotProcess:  # fmt: skip
+    settings = {**BOT_SETTINGS, "HEARTBEAT_PATH": str(tmp / f"beat{number}"), **env}
+    if database is not None:
+        settings["DATABASE_URL"] = database
+    environment = bot_environment(discord, fal, tmp / f"kontext{number}.sqlite3", **settings)
+    if root := os.environ.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
+        environment["PYTHONPATH"] = root
+        environment["FAL_RESULT_HOSTS"] = '["127.0.0.1"]'  # older versions matched hosts without ports
+    process = BotProcess(environment, tmp)
+    process.python = os.environ.get("BENCH_BOT_PYTHON", process.python)
+    if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes
+        process.python_args = ("-m", "cProfile", "-o", f"{profile}.{number}", "-m", "bot")
+    await process.start(timeout=30)
+    return process
 
 
 @asynccontextmanager
 async def rig(script: JobScript, *, jobs: int, jitter: float, users: int, env: dict[str, str] | None = None,
               ) -> AsyncIterator[Rig]:  # fmt: skip
-    """Fresh fakes, a fresh database and a fresh bot process; killed at the end."""
-    with timed_fakes(), tempfile.TemporaryDirectory(prefix="kontext-bench-") as tmp:
-        async with FakeDiscord(edit_rate=(5, 5.0)) as discord, started_fal(
-            jittered(script, jobs, jitter), ping_interval=1.0
-        ) as fal:  # fmt: skip
-            bench_users = add_users(discord, users)
-            settings = {**BOT_SETTINGS, **(env or {})}
-            environment = bot_environment(discord, fal, Path(tmp) / "kontext.sqlite3", **settings)
-            if root := os.environ.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
-                environment["PYTHONPATH"] = root
-                environment["FAL_RESULT_HOSTS"] = '["127.0.0.1"]'  # older versions matched hosts without ports
-            process = BotProcess(environment, Path(tmp))
-            process.python = os.environ.get("BENCH_BOT_PYTHON", process.python)
-            if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes
-                process.python_args = ("-m", "cProfile", "-o", profile, "-m", "bot")
-            await process.start(timeout=30)
-            try:
-                image = discord.add_attachment("in.png", make_png(32, 32))
-                yield Rig(discord, fal, process, bench_users, image, process.pid, settings)
-            finally:
-                await (process.terminate() if os.environ.get("BENCH_CPROFILE") else process.kill())
+    """Fresh fakes, a fresh database and one fresh bot process."""
+    async with fakes(script, jobs=jobs, jitter=jitter) as (discord, fal), bots(discord, fal, [env or {}]) as bot:
+        bench_users = add_users(discord, users)
+        image = discord.add_attachment("in.png", make_png(32, 32))
+        yield Rig(discord, fal, bot, bench_users, [discord.channel_id], image)
 
 
 async def sample(rig_: Rig, samples: list[tuple[float, int, int]], stop: asyncio.Event, every: float = 0.5) -> None:

@@ -71,23 +71,15 @@ async def started_fal(scripts: list[JobScript], *, ping_interval: float) -> Asyn
         yield fal
 
 
-def add_users(discord: FakeDiscord, count: int) -> list[int]:
-    """Members of the fake's guild, one per job, so no user limit is ever in the way."""
-    ids = [FIRST_BENCH_USER + i for i in range(count)]
-    for user_id in ids:
-        discord.add_user(user_id, f"u{user_id}", guild_ids=[discord.guild_id])
-    return ids
-
-
 def bench_prompt(phase: str, index: int) -> str:
     """A prompt that identifies its job in fal's input, in status texts and in the result message."""
     return f"bench {phase} job {index:05d} make it blue"
 
 
-def kontext_payload(discord: FakeDiscord, prompt: str, image: Json, user_id: int) -> Json:
+def kontext_payload(discord: FakeDiscord, prompt: str, image: Json, user_id: int, channel_id: int) -> Json:
     """INTERACTION_CREATE for `/kontext prompt image1`, shaped like tests.harness.Harness.kontext."""
     options: list[Json] = [
         {"name": "prompt", "type": 3, "value": prompt},
         {"name": "image1", "type": 11, "value": image["id"]},
     ]
-    return discord.slash("kontext", options, attachments=[image], user_id=user_id)
+    return discord.slash("kontext", options, attachments=[image], user_id=user_id, channel_id=channel_id)
