@@ -8,8 +8,6 @@ lowers it everywhere at once. No Discord imports: the cogs show all of this.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -156,7 +154,7 @@ def effective(settings: Settings, guild: GuildSettings) -> Effective:
         trigger_emoji=guild.trigger_emoji or settings.trigger_emoji,
         monthly_budget_usd=_budget(settings.monthly_budget_per_guild_usd, guild.monthly_budget_usd),
         model_ids=models,
-        own=frozenset(name for name in SETTING_NAMES if guild.value(name) not in (None, [])),
+        own=frozenset(name for name, value in guild.model_dump().items() if value not in (None, ())),
     )
 
 
@@ -200,19 +198,33 @@ class GuildSettingsCache:
     in exactly one process, so no other process ever changes (or reads) the settings of this process's servers.
     Resharding changes SHARD_COUNT, which means restarting every process, and each one loads anew."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._guilds: dict[int, GuildSettings] = {}
+        self._effective: dict[int, Effective] = {}
+        self._operator = effective(settings, _UNSET)
 
     def get(self, guild_id: int | None) -> GuildSettings:
         return self._guilds.get(guild_id, _UNSET) if guild_id is not None else _UNSET
 
+    def effective(self, guild_id: int | None) -> Effective:
+        """The settings in force in the server (the operator's alone in DMs and unconfigured servers)."""
+        if guild_id is None or guild_id not in self._guilds:
+            return self._operator
+        found = self._effective.get(guild_id)
+        if found is None:
+            found = self._effective[guild_id] = effective(self._settings, self._guilds[guild_id])
+        return found
+
     def put(self, guild_id: int, settings: GuildSettings) -> None:
         self._guilds[guild_id] = settings
+        self._effective.pop(guild_id, None)
 
     async def load(self, store: Store, shards: ShardSet | None) -> int:
         """Read the settings of every server on `shards` (all: None); returns how many servers have some."""
         stored = await store.all_guild_settings()
         self._guilds = {gid: s for gid, s in stored.items() if shards is None or shards.owns(gid)}
+        self._effective.clear()
         return len(self._guilds)
 
 
@@ -220,29 +232,32 @@ _UNSET = GuildSettings()
 
 
 class UserSettingsCache:
-    """Personal defaults by user, kept `ttl` seconds. A user's interactions reach the processes of several
-    servers, so another process may change them: an entry is fresh for `ttl` seconds only (a change made
-    elsewhere shows here within that time), and one changed here is fresh at once. At most `size` users."""
+    """Every user's personal defaults (of the users who set any), in memory, so a launch can use them before its
+    interaction is answered. A user's interactions reach the processes of all their servers, and any of them may
+    change the defaults: each process reads what changed since its last look every `REFRESH_SECONDS` (and again
+    what changed in the `OVERLAP` before, for a transaction that committed late or a clock a little behind), so a
+    change made in another process shows here within seconds; one made here shows at once."""
 
-    def __init__(self, *, ttl: float = 30.0, size: int = 10_000) -> None:
-        self._ttl = ttl
-        self._size = size
-        self._users: OrderedDict[int, tuple[UserSettings, float]] = OrderedDict()
+    REFRESH_SECONDS = 5.0
+    OVERLAP = timedelta(minutes=1)
 
-    def fresh(self, user_id: int) -> bool:
-        entry = self._users.get(user_id)
-        return entry is not None and time.monotonic() - entry[1] < self._ttl
+    def __init__(self) -> None:
+        self._users: dict[int, UserSettings] = {}
+        self._looked: datetime | None = None
 
     def get(self, user_id: int) -> UserSettings:
-        """The user's defaults as last read (none known: no defaults); `fresh` says whether to read them again."""
-        entry = self._users.get(user_id)
-        return entry[0] if entry is not None else _NO_DEFAULTS
+        return self._users.get(user_id, _NO_DEFAULTS)
 
     def put(self, user_id: int, settings: UserSettings) -> None:
-        self._users[user_id] = (settings, time.monotonic())
-        self._users.move_to_end(user_id)
-        while len(self._users) > self._size:
-            self._users.popitem(last=False)
+        self._users[user_id] = settings
+
+    async def refresh(self, store: Store, now: datetime) -> int:
+        """Read the defaults changed since the last look (all of them the first time); returns how many."""
+        since = None if self._looked is None else self._looked - self.OVERLAP
+        changed = await store.user_settings_since(since)
+        self._users.update(changed)
+        self._looked = now
+        return len(changed)
 
 
 _NO_DEFAULTS = UserSettings()

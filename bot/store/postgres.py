@@ -116,6 +116,7 @@ CREATE TABLE user_settings (
     settings_json jsonb NOT NULL,
     updated_at timestamptz NOT NULL
 );
+CREATE INDEX user_settings_by_time ON user_settings (updated_at);
 CREATE TABLE deleted_results (
     job_id text PRIMARY KEY,
     deleted_at timestamptz NOT NULL
@@ -330,6 +331,13 @@ class PostgresJobStore:
         async with self._connection() as conn:
             text = await conn.fetchval("SELECT settings_json FROM user_settings WHERE user_id = $1", user_id)
         return UserSettings.model_validate_json(text) if text else UserSettings()
+
+    async def user_settings_since(self, since: datetime | None) -> dict[int, UserSettings]:
+        """Personal defaults saved at or after `since` (all: None), by user."""
+        sql = "SELECT user_id, settings_json FROM user_settings WHERE $1::timestamptz IS NULL OR updated_at >= $1"
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, since)
+        return {row["user_id"]: UserSettings.model_validate_json(row["settings_json"]) for row in rows}
 
     async def save_user_settings(self, user_id: int, settings: UserSettings, now: datetime) -> None:
         async with self._connection() as conn:

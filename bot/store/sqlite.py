@@ -105,6 +105,7 @@ CREATE TABLE user_settings (
     settings_json TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE INDEX user_settings_by_time ON user_settings (updated_at);
 CREATE TABLE deleted_results (
     job_id TEXT PRIMARY KEY,
     deleted_at TEXT NOT NULL
@@ -353,6 +354,12 @@ class SqliteJobStore:
         async with self.db.execute("SELECT settings_json FROM user_settings WHERE user_id = ?", (user_id,)) as cursor:
             row = await cursor.fetchone()
         return UserSettings.model_validate_json(row[0]) if row else UserSettings()
+
+    async def user_settings_since(self, since: datetime | None) -> dict[int, UserSettings]:
+        """Personal defaults saved at or after `since` (all: None), by user."""
+        sql = "SELECT user_id, settings_json FROM user_settings WHERE updated_at >= ?"
+        async with self.db.execute(sql, (since.isoformat() if since else "",)) as cursor:
+            return {row[0]: UserSettings.model_validate_json(row[1]) async for row in cursor}
 
     async def save_user_settings(self, user_id: int, settings: UserSettings, now: datetime) -> None:
         sql = "INSERT OR REPLACE INTO user_settings (user_id, settings_json, updated_at) VALUES (?, ?, ?)"
