@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (
     "cogs.launch", "cogs.triggers", "cogs.buttons", "cogs.usage", "cogs.errors", "cogs.admin", "cogs.personal",
+    "cogs.history",
 )  # fmt: skip
 HEARTBEAT_SECONDS = 15.0
 REQUIRED_PERMISSIONS = discord.Permissions(
