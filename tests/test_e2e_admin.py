@@ -8,7 +8,7 @@ import discord
 import pytest
 
 from bot.community import GuildSettings
-from tests.community import CHANNEL, ROLE, admin, delivered, refused_job, result_messages, submits
+from tests.community import CHANNEL, ROLE, admin, command, delivered, refused_job, result_messages, submits
 from tests.conftest import StartBot
 from tests.fakes.discord_wire import EVERYONE_PERMS
 from tests.fakes.fake_discord import FakeDiscord
@@ -252,3 +252,28 @@ async def test_a_member_without_manage_server_cannot_change_settings_even_with_a
         fake_discord.world.add_role(guild, 1_000_000_000_000_000_031, "Admins", manage, [member], position=1)
         assert "Saved" in await admin(harness, "limits", user_id=member, daily_server=1)
         assert (await harness.store.all_guild_settings())[fake_discord.guild_id] == GuildSettings(daily_guild_images=1)
+
+
+async def test_usage_shows_server_managers_the_months_spend_and_top_users(
+    start_bot: StartBot, fake_discord: FakeDiscord
+):
+    async with start_bot() as harness:
+        await admin(harness, "budget", usd=10.0)
+        await delivered(harness)
+        await delivered(harness, num_images=2, user_id=fake_discord.other_user_id)
+
+        manager = await command(harness, "kontext-usage", [])
+        member = await command(harness, "kontext-usage", [], user_id=fake_discord.other_user_id)
+
+        assert "This month: 3 images, ≈$0.24 of its $10.00 budget." in manager
+        owner, other = fake_discord.owner_id, fake_discord.other_user_id
+        assert f"Top users this month: <@{other}> ≈$0.16 (2), <@{owner}> ≈$0.08 (1)" in manager
+        assert "This month" not in member and "Top users" not in member
+
+
+async def test_the_admin_command_is_for_servers_and_shown_to_managers_by_default(harness: Harness):
+    [synced] = [c for c in harness.discord.commands[None] if c["name"] == "kontext-admin"]
+
+    assert int(synced["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
+    assert synced["contexts"] == [0]  # servers only
+    assert {option["name"] for option in synced["options"]} >= {"show", "changes", "channels", "limits", "budget"}
