@@ -61,8 +61,10 @@ def require_manage_server(interaction: discord.Interaction[Any]) -> int:
 
 class ServerAdmin(commands.Cog):
     admin = app_commands.Group(
-        name="kontext-admin", description="This server's settings for the bot (Manage Server)", guild_only=True,
-        default_permissions=discord.Permissions(manage_guild=True),
+        name="kontext-admin", description="This server's settings for the bot (Manage Server)",
+        default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
+        allowed_installs=app_commands.AppInstallationType(guild=True),
     )  # fmt: skip
 
     def __init__(self, bot: KontextBot) -> None:
