@@ -53,7 +53,8 @@ def state_text(state: JobState) -> str:
         JobState.TIMED_OUT: t("timed out"), JobState.UNDELIVERABLE: t("generated, not posted"),
         JobState.UNCONFIRMED: t("unconfirmed"),
     }  # fmt: skip
-    return f"{STATES.get(state, '⏳')} {texts.get(state, t('in progress'))}"
+    text = texts[state] if state in texts else t("in progress")
+    return f"{STATES.get(state, '⏳')} {text}"
 
 
 class HistoryButton(discord.ui.DynamicItem[Button], template=r"kontext-history:(?P<action>[a-z]+):(?P<arg>[0-9a-f]+)"):

@@ -148,10 +148,11 @@ def denial_text(denial: Denial) -> str:
         case DenialKind.USER_DAILY:
             reason = t("You have used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
         case DenialKind.MEMBER_DAILY:
-            reason = t("You have used {used} of the {limit} images this server allows each member per day.",
-                       used=denial.used, limit=denial.limit)  # fmt: skip
+            reason = t("You have used {used} of the {limit} images this server allows each member per day; its "
+                       "admins (Manage Server) set that.", used=denial.used, limit=denial.limit)  # fmt: skip
         case DenialKind.GUILD_DAILY:
-            reason = t("This server has used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
+            reason = t("This server has used {used} of {limit} images today; its admins (Manage Server) can set "
+                       "that limit, up to the bot operator's.", used=denial.used, limit=denial.limit)  # fmt: skip
         case DenialKind.BUDGET:
             return _budget_text(denial)
     if denial.retry_at is None:

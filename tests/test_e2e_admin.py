@@ -277,3 +277,21 @@ async def test_the_admin_command_is_for_servers_and_shown_to_managers_by_default
     assert int(synced["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
     assert synced["contexts"] == [0]  # servers only
     assert {option["name"] for option in synced["options"]} >= {"show", "changes", "channels", "limits", "budget"}
+
+
+async def test_a_thread_counts_as_its_channel_so_reroll_works_under_a_channel_list(
+    start_bot: StartBot, fake_discord: FakeDiscord
+):
+    async with start_bot() as harness:
+        await admin(harness, "channels", action="add", channel=(CHANNEL, fake_discord.channel_id))
+        await delivered(harness)
+        [message] = result_messages(harness)
+        [reroll] = [
+            c["custom_id"] for row in message["components"] for c in row["components"] if "reroll" in c["custom_id"]
+        ]
+
+        press = fake_discord.button(reroll, message)  # from the result thread, whose parent is on the list
+        await fake_discord.interact(press)
+
+        assert "✅ Done" in await harness.final_status(press["token"])
+        assert int(message["channel_id"]) != fake_discord.channel_id and len(submits(harness)) == 2
