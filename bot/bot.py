@@ -12,6 +12,7 @@ import aiohttp
 import discord
 from discord.ext import commands
 
+from bot.community import GuildSettingsCache, UserSettingsCache
 from bot.config import Settings
 from bot.fal import FalClient
 from bot.jobs import JobRunner
@@ -23,7 +24,10 @@ __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.launch", "cogs.triggers", "cogs.buttons", "cogs.usage", "cogs.errors")
+EXTENSIONS = (
+    "cogs.launch", "cogs.triggers", "cogs.buttons", "cogs.usage", "cogs.errors", "cogs.admin", "cogs.personal",
+    "cogs.history",
+)  # fmt: skip
 HEARTBEAT_SECONDS = 15.0
 REQUIRED_PERMISSIONS = discord.Permissions(
     view_channel=True,
@@ -123,6 +127,8 @@ class KontextBot(commands.AutoShardedBot):
         self.session = session
         self.fal = fal
         self.store = store
+        self.guild_settings = GuildSettingsCache(settings)  # each server's /kontext-admin settings (cogs/admin.py)
+        self.user_settings = UserSettingsCache()  # each user's /kontext-settings defaults (cogs/personal.py)
         self.runner = JobRunner(
             ObservedFal(fal, self.metrics), store, job_timeout=settings.job_timeout_seconds,
             retry_seconds=settings.retry_base_seconds, observer=self.metrics,

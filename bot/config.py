@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import replace
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -17,10 +18,22 @@ from bot.fal import DEFAULT_MODEL_ID, MODELS, ModelSpec, PerImage, find_model
 from bot.log import LogFormat
 from bot.shards import ShardSet, parse_shard_ids
 
-__all__ = ("ConfigError", "Settings", "load_settings")
+__all__ = ("ConfigError", "NsfwPolicy", "Settings", "load_settings")
 
 DISCORD_API_V10 = "https://discord.com/api/v10"
 _ENDPOINT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
+
+
+class NsfwPolicy(StrEnum):
+    """What happens to result images fal flags as NSFW. Every policy withholds them outside NSFW channels."""
+
+    SPOILER = "spoiler"  # posted as spoilers in NSFW channels
+    ALLOW = "allow"  # posted as they are in NSFW channels
+    WITHHOLD = "withhold"  # withheld everywhere
+
+    @property
+    def strictness(self) -> int:
+        return {NsfwPolicy.ALLOW: 0, NsfwPolicy.SPOILER: 1, NsfwPolicy.WITHHOLD: 2}[self]
 
 
 class ConfigError(Exception):
@@ -90,6 +103,10 @@ class Settings(BaseSettings):
     cooldown_seconds: float = Field(default=10.0, ge=0)
     allowed_guild_ids: Annotated[tuple[int, ...], NoDecode] = ()
     allowed_role_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    # Defaults and ceilings of what a server's admins may set with /kontext-admin (they can only tighten them).
+    max_safety_tolerance: int = Field(default=6, ge=1, le=6)  # the highest safety_tolerance a job may ask for
+    nsfw_policy: NsfwPolicy = NsfwPolicy.SPOILER  # servers may choose a stricter one (withhold)
+    monthly_budget_per_guild_usd: Decimal | None = Field(default=None, ge=0)  # None: no budget
 
     # Sharding: this process runs SHARD_IDS (default: all) of SHARD_COUNT gateway shards.
     shard_count: int = Field(default=1, ge=1)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.config import NsfwPolicy
 from bot.i18n import t, using_locale
 from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
 from cogs.render import render_result
@@ -56,6 +57,8 @@ class UploadPlan:
     linked: list[str] = field(default_factory=list)
     withheld: int = 0
     missing: int = 0
+    spoiler: bool = True  # flagged images that are posted go up as spoilers
+    withheld_here: bool = False  # withheld by the server's policy even though the channel is NSFW
 
     @property
     def posted(self) -> int:
@@ -67,14 +70,19 @@ def file_name(job: Job, number: int, image: ResultImage) -> str:
     return f"kontext-{job.id[:12]}-{number}.{image.extension}"
 
 
-def plan_uploads(job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool) -> UploadPlan:
-    """Flagged images are spoilered in NSFW channels and withheld elsewhere; too-large ones become links.
+def plan_uploads(
+    job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool,
+    policy: NsfwPolicy = NsfwPolicy.SPOILER,
+) -> UploadPlan:  # fmt: skip
+    """Flagged images are withheld outside NSFW channels; in NSFW channels the server's policy spoilers them
+    (the default), posts them as they are, or withholds them too. Too-large ones become links.
     The plan depends only on its arguments, so a retry makes the same messages in the same order."""
-    plan = UploadPlan()
+    shown = nsfw_channel and policy is not NsfwPolicy.WITHHOLD
+    plan = UploadPlan(spoiler=policy is NsfwPolicy.SPOILER, withheld_here=nsfw_channel and not shown)
     for number, image in enumerate(images, start=1):
         if image.data is None:
             plan.missing += 1
-        elif image.nsfw and not nsfw_channel:
+        elif image.nsfw and not shown:
             plan.withheld += 1
         elif len(image.data) > file_limit:
             plan.linked.append(image.url)
@@ -88,8 +96,8 @@ def plan_uploads(job: Job, images: Sequence[ResultImage], *, file_limit: int, ns
     return plan
 
 
-def _files(message: PlannedMessage) -> list[discord.File]:
-    return [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw)
+def _files(message: PlannedMessage, *, spoiler: bool) -> list[discord.File]:
+    return [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw and spoiler)
             for name, image in message.files]  # fmt: skip
 
 
@@ -137,8 +145,9 @@ class _Delivery:
     async def run(self) -> None:
         try:
             channel = await self._channel()
+            policy = self._bot.guild_settings.effective(self._job.guild_id).nsfw_policy
             plan = plan_uploads(self._job, self._images, file_limit=_file_limit(channel),
-                                nsfw_channel=_is_nsfw(channel))  # fmt: skip
+                                nsfw_channel=_is_nsfw(channel), policy=policy)  # fmt: skip
             if self._done >= len(plan.messages):
                 return  # everything was posted before a crash
             await self._post_in_channel(channel, plan)
@@ -177,11 +186,11 @@ class _Delivery:
             raise DeliveryFailed(_no_access_text(error), final=isinstance(exc, discord.HTTPException)) from exc
 
     def _message(self, plan: UploadPlan, index: int) -> dict[str, Any]:
-        files = _files(plan.messages[index])
+        files = _files(plan.messages[index], spoiler=plan.spoiler)
         if index > 0:
             return {"files": files, "allowed_mentions": discord.AllowedMentions.none()}
         content = render_result(self._job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked,
-                                missing=plan.missing)  # fmt: skip
+                                missing=plan.missing, withheld_here=plan.withheld_here)  # fmt: skip
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._job.user_id)])
         return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions,
                 "suppress_embeds": True}  # fmt: skip

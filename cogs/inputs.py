@@ -94,10 +94,11 @@ class ImageRef:
 
 @dataclass(frozen=True, slots=True)
 class JobOptions:
-    """The options a user can set; None (and one image) keeps the model's default."""
+    """The options a user can set; None keeps the model's default (one image for `num_images`), unless the user
+    has a personal default (`cogs/policy.py`)."""
 
     guidance_scale: float | None = None
-    num_images: int = 1
+    num_images: int | None = None
     output_format: str | None = None
     safety_tolerance: str | None = None
     aspect_ratio: str | None = None
@@ -110,9 +111,10 @@ def build_request(
     """Check everything we can check locally, for `model`, and build the request. Raises `UserFacingError`."""
     text = clean_prompt(prompt, settings.max_prompt_length)
     check_images(images, settings, model)
+    values = {**asdict(options), "num_images": 1 if options.num_images is None else options.num_images}
     try:
         request = EditRequest(prompt=text, image_urls=tuple(image.url for image in images),
-                              image_pixels=tuple(image.pixels for image in images), **asdict(options))  # fmt: skip
+                              image_pixels=tuple(image.pixels for image in images), **values)  # fmt: skip
     except ValidationError as exc:
         field = str(exc.errors(include_url=False)[0]["loc"][0])
         raise UserFacingError(t("The option {name} is not valid.", name=field)) from None

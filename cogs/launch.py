@@ -25,6 +25,7 @@ from bot.log import log_context
 from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request, check_fits
+from cogs.policy import LaunchPolicy
 from cogs.render import denial_text, render_status
 from cogs.replies import NO_MENTIONS, UserFacingError, answered
 from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget, StatusMessage, StatusTarget
@@ -49,6 +50,7 @@ class Origin:
     source: str
     message_id: int | None = None
     locale: str = DEFAULT_LOCALE
+    parent_id: int | None = None  # the channel of the thread `channel_id`, if it is one (a server's channel list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +76,25 @@ class Launcher:
         self.settings = bot.settings
         self.pacer = EditPacer(interval=bot.settings.status_edit_interval_seconds,
                                per_second=bot.settings.status_edits_per_second)  # fmt: skip
-        self.defaults: list[DefaultModel] = []  # asked in order (say, the user's setting, then the server's)
+        self.policy = LaunchPolicy(bot)  # the server's settings and the user's defaults (cogs/policy.py)
+        self.defaults: list[DefaultModel] = [self.policy.personal_model]  # asked in order before DEFAULT_MODEL
 
     # --- checks that need no database ---------------------------------------------------------
 
     def check(self, draft: Draft, origin: Origin) -> tuple[ModelSpec, EditRequest]:
         """Everything checkable in memory: the model, the input, the access lists, the load. Raises
         `UserFacingError`."""
-        self.check_access(origin.user, origin.guild_id)
+        self.check_access(origin)
         model = self.model_for(draft.model, origin)
-        request = build_request(draft.prompt, draft.images, draft.options, self.settings, model)
+        request = self._request(draft, draft.images, model, origin)
         self.check_load()
         return model, request
+
+    def _request(self, draft: Draft, images: tuple[ImageRef, ...], model: ModelSpec, origin: Origin) -> EditRequest:
+        """The checked request: the user's defaults where the draft sets nothing, then the server's safety cap."""
+        options = self.policy.fill_options(origin, model, draft.options)
+        request = build_request(draft.prompt, images, options, self.settings, model)
+        return self.policy.narrow(origin, model, request)
 
     def check_load(self) -> None:
         """Past the load bounds a new request is refused now, cheaply, instead of waiting behind all the rest."""
@@ -94,25 +103,36 @@ class Launcher:
             raise UserFacingError(t("I'm very busy right now; please try again in about {seconds} s.", seconds=seconds))
 
     def model_for(self, choice: str | None, origin: Origin) -> ModelSpec:
-        """The model a job runs on: the user's choice (refused with `UserFacingError` unless enabled), else the
-        first enabled model a default hook names, else DEFAULT_MODEL."""
+        """The model a job runs on: the user's choice (refused with `UserFacingError` unless enabled and allowed
+        in the server), else the first allowed model a default hook names, else DEFAULT_MODEL (or, where the server
+        does not allow that, its first allowed model)."""
         enabled = self.settings.enabled_models
         if choice is not None and choice not in enabled:
             names = ", ".join(model.name for model in self.settings.models)
             raise UserFacingError(t("That model is not available here. Choose one of: {names}.", names=names))
-        defaults = (found for ask in self.defaults if (found := ask(origin)) in enabled)
-        return self.settings.model(choice or next(defaults, self.settings.default_model))
+        if choice is not None:
+            self.policy.check_model(origin, choice)
+        allowed = self.policy.models(origin)
+        defaults = (found for ask in self.defaults if (found := ask(origin)) in allowed)
+        fallback = self.settings.default_model if self.settings.default_model in allowed else allowed[0]
+        return self.settings.model(choice or next(defaults, fallback))
 
-    def check_access(self, user: discord.User | discord.Member, guild_id: int | None) -> None:
+    def check_access(self, origin: Origin) -> None:
+        """The operator's servers and roles, then the server's own channels and roles."""
         allowed_guilds, allowed_roles = self.settings.allowed_guild_ids, self.settings.allowed_role_ids
-        if allowed_guilds and guild_id not in allowed_guilds:
+        if allowed_guilds and origin.guild_id not in allowed_guilds:
             raise UserFacingError(t("This bot is not enabled here."))
-        if allowed_roles and not any(role.id in allowed_roles for role in getattr(user, "roles", ())):
+        if allowed_roles and not any(role.id in allowed_roles for role in getattr(origin.user, "roles", ())):
             raise UserFacingError(t("You need one of the roles an admin allowed to use this bot."))
+        self.policy.check_origin(origin)
 
     @property
     def limits(self) -> Limits:
+        """The operator's limits (a server may tighten them: `limits_for`)."""
         return Limits.from_settings(self.settings)
+
+    def limits_for(self, origin: Origin) -> Limits:
+        return self.policy.limits(origin.guild_id, self.limits)
 
     # --- interactions ---------------------------------------------------------------------------
 
@@ -125,9 +145,10 @@ class Launcher:
         self, interaction: discord.Interaction[Any], request: EditRequest, model_id: str, origin: Origin
     ) -> None:
         """Launch a request built from an earlier job (Reroll) on that job's model, if it is still enabled."""
-        self.check_access(origin.user, origin.guild_id)
+        self.check_access(origin)
         model = self.model_for(model_id, origin)
         check_fits(request, model)
+        request = self.policy.narrow(origin, model, request)
         self.check_load()
         await self._launch(interaction, model, request, origin, None)
 
@@ -148,8 +169,8 @@ class Launcher:
         job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
         status.mark_shown(job)
         try:
-            job = await self._with_pin(job, draft)
-            denial = await self.bot.runner.admit(job, self.limits)
+            job = await self._with_pin(job, draft, origin)
+            denial = await self.bot.runner.admit(job, self.limits_for(origin))
         except UserFacingError as exc:
             await take_back(interaction, str(exc))
             return
@@ -164,7 +185,7 @@ class Launcher:
         if draft is not None and draft.use_pin and len(job.request.image_urls) > len(draft.images):
             await self.bot.store.unpin_input(origin.user.id)  # used up once a job launched
 
-    async def _with_pin(self, job: Job, draft: Draft | None) -> Job:
+    async def _with_pin(self, job: Job, draft: Draft | None, origin: Origin) -> Job:
         """The job with the user's pinned image first, if they have one; checked again with it."""
         if draft is None or not draft.use_pin:
             return job
@@ -173,7 +194,7 @@ class Launcher:
             return job
         images = (ImageRef(pinned[0], "pinned", content_type=pinned[1]), *draft.images)
         model = self.settings.model(job.model.id)  # with the operator's price
-        request = build_request(draft.prompt, images, draft.options, self.settings, model)
+        request = self._request(draft, images, model, origin)
         return job.update(request=request, cost_usd=model.estimate(request))
 
     # --- the reaction trigger (no interaction) ----------------------------------------------------
@@ -190,7 +211,7 @@ class Launcher:
         target.message_id = message.id
         job = job.update(status_message_id=message.id, origin_message_id=origin.message_id or message.id)
         status.mark_shown(job)
-        denial = await self.bot.runner.admit(job, self.limits)
+        denial = await self.bot.runner.admit(job, self.limits_for(origin))
         if denial is not None:
             await message.edit(content=f"<@{origin.user.id}> {denial_text(denial)}", view=None, delete_after=60,
                                allowed_mentions=NO_MENTIONS)  # fmt: skip

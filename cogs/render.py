@@ -106,10 +106,16 @@ def _queue_place(ahead: int | None) -> str:
     return tn("In the queue: {count} job ahead", "In the queue: {count} jobs ahead", ahead)
 
 
-def render_result(job: Job, *, posted: int, withheld: int, linked: list[str], missing: int) -> str:
-    """The text above the result files."""
+def render_result(
+    job: Job, *, posted: int, withheld: int, linked: list[str], missing: int, withheld_here: bool = False
+) -> str:
+    """The text above the result files; `withheld_here`: by the server's policy, in an NSFW channel."""
     lines = [_result_header(job), prompt_quote(job.request.prompt)]
-    if withheld:
+    if withheld and withheld_here:
+        lines.append(tn("🙈 {count} image withheld: the safety filter flagged it and this server's admins withhold "
+                        "flagged images everywhere.", "🙈 {count} images withheld: the safety filter flagged them and "
+                        "this server's admins withhold flagged images everywhere.", withheld))  # fmt: skip
+    elif withheld:
         lines.append(tn("🙈 {count} image withheld: the safety filter flagged it and this channel is not NSFW.",
                         "🙈 {count} images withheld: the safety filter flagged them and this channel is not NSFW.",
                         withheld))  # fmt: skip
@@ -136,14 +142,28 @@ def denial_text(denial: Denial) -> str:
     match denial.kind:
         case DenialKind.CONCURRENCY:
             reason = tn("You already have {count} job running; wait for it to finish.",
-                        "You already have {count} jobs running; wait for one to finish.", denial.used)  # fmt: skip
+                        "You already have {count} jobs running; wait for one to finish.", int(denial.used))  # fmt: skip
         case DenialKind.COOLDOWN:
             reason = t("You are on cooldown.")
         case DenialKind.USER_DAILY:
             reason = t("You have used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
+        case DenialKind.MEMBER_DAILY:
+            reason = t("You have used {used} of the {limit} images this server allows each member per day; its "
+                       "admins (Manage Server) set that.", used=denial.used, limit=denial.limit)  # fmt: skip
         case DenialKind.GUILD_DAILY:
-            reason = t("This server has used {used} of {limit} images today.", used=denial.used, limit=denial.limit)
+            reason = t("This server has used {used} of {limit} images today; its admins (Manage Server) can set "
+                       "that limit, up to the bot operator's.", used=denial.used, limit=denial.limit)  # fmt: skip
+        case DenialKind.BUDGET:
+            return _budget_text(denial)
     if denial.retry_at is None:
         return reason
     again = t("You can go again <t:{time}:R>.", time=int(denial.retry_at.timestamp()))
     return f"{reason} {again}"
+
+
+def _budget_text(denial: Denial) -> str:
+    params = {"budget": money(Decimal(denial.limit)), "spent": money(Decimal(denial.used)), "cost": money(denial.cost),
+              "time": int(denial.retry_at.timestamp()) if denial.retry_at else 0}  # fmt: skip
+    return t("This server's monthly budget of {budget} is used up: {spent} spent this month, and this job would cost "
+             "about {cost}. Its admins (Manage Server) set the budget, within the bot operator's limit; it renews "
+             "<t:{time}:R>.", **params)  # fmt: skip

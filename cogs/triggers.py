@@ -25,11 +25,11 @@ from cogs.inputs import (
     SEED,
     ImageRef,
     JobOptions,
-    build_request,
     check_images,
     images_of_message,
 )
 from cogs.launch import Draft, Launcher, Origin, launcher_of
+from cogs.policy import thread_parent
 from cogs.render import denial_text
 from cogs.replies import UserFacingError, replying
 from cogs.status import EDIT_ERRORS
@@ -59,8 +59,9 @@ def parse_count(value: str, what: str, upper: int) -> int:
 def origin_of(interaction: discord.Interaction[Any], source: str, message_id: int | None = None) -> Origin:
     if interaction.channel_id is None:
         raise UserFacingError(t("I can't work in this kind of channel."))
+    parent_id = interaction.channel.parent_id if isinstance(interaction.channel, discord.Thread) else None
     return Origin(interaction.user, interaction.channel_id, interaction.guild_id, source, message_id,
-                  str(interaction.locale))  # fmt: skip
+                  str(interaction.locale), parent_id)  # fmt: skip
 
 
 KontextRun = Callable[
@@ -96,7 +97,7 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
         image4: discord.Attachment | None = None,
         model: str | None = None,
         guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
-        num_images: app_commands.Range[int, NUM_IMAGES[0], NUM_IMAGES[1]] = 1,
+        num_images: app_commands.Range[int, NUM_IMAGES[0], NUM_IMAGES[1]] | None = None,
         output_format: str | None = None,
         safety_tolerance: str | None = None,
         aspect_ratio: str | None = None,
@@ -145,8 +146,9 @@ class Triggers(commands.Cog):
             images = images_of_message(message)
             if not images:
                 raise UserFacingError(t("That message has no images I can use (PNG, JPEG or WebP)."))
-            self.launcher.check_access(interaction.user, interaction.guild_id)
-            model = self.launcher.model_for(None, origin_of(interaction, "context_menu", message.id))
+            origin = origin_of(interaction, "context_menu", message.id)
+            self.launcher.check_access(origin)
+            model = self.launcher.model_for(None, origin)
             check_images(images, self.bot.settings, model)  # before the user types a prompt for nothing
             on_values = functools.partial(self._menu_submitted, message_id=message.id, images=tuple(images))
             modal = PromptModal(t("Edit with Kontext"), on_values, max_length=self.bot.settings.max_prompt_length,
@@ -169,10 +171,12 @@ class Triggers(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         member = payload.member
-        if str(payload.emoji) != self.bot.settings.trigger_emoji or member is None or member.bot:
+        if member is None or member.bot or not self.launcher.policy.is_trigger(payload.guild_id, str(payload.emoji)):
             return
+        origin = Origin(member, payload.channel_id, payload.guild_id, "reaction", payload.message_id,
+                        str(member.guild.preferred_locale), thread_parent(self.bot, payload.channel_id))  # fmt: skip
         try:
-            self.launcher.check_access(member, payload.guild_id)
+            self.launcher.check_access(origin)
             self.launcher.check_load()
         except UserFacingError:
             return  # outsiders get no answer at all; under overload a reaction (no interaction to answer) waits
@@ -182,27 +186,26 @@ class Triggers(commands.Cog):
         self._questions.add(key)
         try:
             with using_locale(str(member.guild.preferred_locale)):
-                await self._reaction_trigger(payload, member)
+                await self._reaction_trigger(payload, member, origin)
         except EDIT_ERRORS:
             log.exception("reaction trigger on message %s failed", payload.message_id)
         finally:
             self._questions.discard(key)
 
-    async def _reaction_trigger(self, payload: discord.RawReactionActionEvent, member: discord.Member) -> None:
+    async def _reaction_trigger(
+        self, payload: discord.RawReactionActionEvent, member: discord.Member, origin: Origin
+    ) -> None:
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         message = await channel.fetch_message(payload.message_id)
         images = images_of_message(message)
         if not images:
             return  # the emoji on a message without (visible) images is just an emoji
         try:
-            await self._check_limits(member)
+            await self._check_limits(member, origin)
             prompt = self._prompt_in(message) or await self._ask_for_prompt(message, member)
             if prompt is None:
                 return
-            origin = Origin(member, payload.channel_id, payload.guild_id, "reaction", message.id,
-                            str(member.guild.preferred_locale))  # fmt: skip
-            model = self.launcher.model_for(None, origin)
-            request = build_request(prompt, images, JobOptions(), self.bot.settings, model)
+            model, request = self.launcher.check(Draft(prompt, tuple(images), JobOptions()), origin)
             await self.launcher.from_message(model, request, origin)
         except UserFacingError as exc:
             await _notice(message, member, str(exc))
@@ -214,11 +217,11 @@ class Triggers(commands.Cog):
         me = self.bot.user
         return message.content.replace(f"<@{me.id}>", "").strip() if me else message.content.strip()
 
-    async def _check_limits(self, member: discord.Member) -> None:
+    async def _check_limits(self, member: discord.Member, origin: Origin) -> None:
         """The limits before a question is asked (admission checks them again, atomically)."""
         now = datetime.now(UTC)
         usage = await self.bot.store.usage_snapshot(member.id, member.guild.id, now)
-        denial = decide(usage, self.launcher.limits, 1, now, in_guild=True)
+        denial = decide(usage, self.launcher.limits_for(origin), 1, now, in_guild=True)
         if denial is not None:
             raise UserFacingError(denial_text(denial))
 

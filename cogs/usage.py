@@ -1,5 +1,5 @@
-"""/kontext-usage: what a user (and, for server managers, the server) used today, each job with its model and
-estimated cost, and the price of each model on offer."""
+"""/kontext-usage: what a user (and, for server managers, the server: today, this month's spend against its
+budget, its top users) used, each job with its model and estimated cost, and the price of each model on offer."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.community import GuildUsage
 from bot.i18n import t, tn
 from bot.jobs import BILLABLE_STATES, Job
-from bot.quota import Limits, day_start
+from bot.quota import Limits, UsageSnapshot, day_start, month_start
 from cogs.render import model_name, money, price_text
 from cogs.replies import replying, send_ephemeral
 
@@ -21,13 +22,14 @@ if TYPE_CHECKING:
     from bot.bot import KontextBot
 
 JOBS_LISTED = 10  # the newest of today's jobs, one line each
+TOP_USERS = 5
 
 
 class Usage(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="kontext-usage", description="How many images you (and this server) used today")
+    @app_commands.command(name="kontext-usage", description="How many images you (and this server) used")
     async def usage(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
@@ -35,10 +37,9 @@ class Usage(commands.Cog):
 
     async def _report(self, interaction: discord.Interaction[Any]) -> str:
         now = datetime.now(UTC)
-        is_admin = interaction.guild_id is not None and interaction.permissions.manage_guild
         usage = await self.bot.store.usage_snapshot(interaction.user.id, interaction.guild_id, now)
         jobs = await self._billable_today(interaction.user.id, now)
-        limits = Limits.from_settings(self.bot.settings)
+        limits = self.bot.guild_settings.effective(interaction.guild_id).limits(Limits.from_settings(self.bot.settings))
         resets = int((day_start(now) + timedelta(days=1)).timestamp())
         lines = [
             t("**You**: {used} of {limit} images today (≈{cost}), {active} job(s) running. Resets <t:{time}:R>.",
@@ -48,10 +49,23 @@ class Usage(commands.Cog):
         ]  # fmt: skip
         if len(jobs) > JOBS_LISTED:
             lines.append(tn("…and {count} earlier job", "…and {count} earlier jobs", len(jobs) - JOBS_LISTED))
-        if is_admin:
-            lines.insert(1, t("**This server**: {used} of {limit} images today.", used=usage.guild_images,
-                              limit=limits.daily_guild_images))  # fmt: skip
+        lines[1:1] = await self._here(interaction, usage, limits, now)
         return "\n".join([*lines, *self._price_lines()])
+
+    async def _here(self, interaction: discord.Interaction[Any], usage: UsageSnapshot, limits: Limits,
+                    now: datetime) -> list[str]:  # fmt: skip
+        """The server's own limit per member, and for server managers the server's usage."""
+        guild_id = interaction.guild_id
+        if guild_id is None:
+            return []
+        lines = []
+        if limits.daily_member_images is not None:
+            lines.append(t("Here: {used} of the {limit} images this server allows each member per day.",
+                           used=usage.member_images, limit=limits.daily_member_images))  # fmt: skip
+        if interaction.permissions.manage_guild:
+            month = await self.bot.store.guild_usage(guild_id, month_start(now), top=TOP_USERS)
+            lines += _server_lines(usage.guild_images, limits, month)
+        return lines
 
     async def _billable_today(self, user_id: int, now: datetime) -> list[Job]:
         """The user's jobs of today that fal may bill, newest first."""
@@ -84,3 +98,19 @@ def _job_line(job: Job) -> str:
 
 async def setup(bot: KontextBot) -> None:
     await bot.add_cog(Usage(bot))
+
+
+def _server_lines(images_today: int, limits: Limits, month: GuildUsage) -> list[str]:
+    """For server managers: today's images, this month's spend (and budget), the users who spent most."""
+    lines = [t("**This server**: {used} of {limit} images today.", used=images_today, limit=limits.daily_guild_images)]
+    if limits.monthly_budget_usd is None:
+        lines.append(t("This month: {images} images, ≈{spend} (no monthly budget).", images=month.images,
+                       spend=money(month.spend)))  # fmt: skip
+    else:
+        lines.append(t("This month: {images} images, ≈{spend} of its {budget} budget.", images=month.images,
+                       spend=money(month.spend), budget=money(limits.monthly_budget_usd)))  # fmt: skip
+    if month.top:
+        top = ", ".join(t("<@{user}> ≈{spend} ({images})", user=s.user_id, spend=money(s.spend), images=s.images)
+                        for s in month.top)  # fmt: skip
+        lines.append(t("Top users this month: {users}", users=top))
+    return lines

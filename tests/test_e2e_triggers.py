@@ -283,7 +283,14 @@ async def test_commands_sync_to_the_dev_guild_and_the_invite_url_is_logged(
 
     assert None not in fake_discord.commands
     names = {c["name"] for c in fake_discord.commands[fake_discord.guild_id]}
-    assert names == {"kontext", "kontext-usage", "Edit with Kontext"}
+    assert names == {
+        "kontext",
+        "kontext-usage",
+        "Edit with Kontext",
+        "kontext-admin",
+        "kontext-settings",
+        "kontext-history",
+    }
     [invite] = [r.getMessage() for r in caplog.records if "invite the bot" in r.getMessage()]
     assert f"client_id={fake_discord.app_id}" in invite and "scope=bot+applications.commands" in invite
     assert f"permissions={REQUIRED_PERMISSIONS.value}" in invite

@@ -99,7 +99,8 @@ class JobRunner:
         """Check `job` against `limits` and store it, in one step no other admission can interleave with."""
 
         def verdict(usage: UsageSnapshot) -> Denial | None:
-            return decide(usage, limits, job.num_images, job.created_at, in_guild=job.guild_id is not None)
+            return decide(usage, limits, job.num_images, job.created_at, in_guild=job.guild_id is not None,
+                          cost=job.cost_usd)  # fmt: skip
 
         return await self._store.admit(job, verdict)
 

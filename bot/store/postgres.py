@@ -16,17 +16,28 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from bot.community import GuildSettings, GuildUsage, SettingChange, Spender, UserSettings
 from bot.jobs.model import Job
-from bot.quota import Denial, UsageSnapshot
+from bot.quota import Denial, UsageSnapshot, day_start, month_start
 from bot.shards import ShardSet
 from bot.store.base import StoreError
-from bot.store.rows import ACTIVE, BILLABLE, COLUMNS, job_from, job_values
+from bot.store.rows import (
+    ACTIVE,
+    BILLABLE,
+    COLUMNS,
+    change_from,
+    change_values,
+    dollars,
+    guild_usage_of,
+    job_from,
+    job_values,
+)
 
 __all__ = ("SCHEMA_VERSION", "PostgresJobStore")
 
@@ -80,8 +91,39 @@ CREATE TABLE pinned_inputs (
     pinned_at timestamptz NOT NULL
 );
 """
+# SQLite's version 2 (endpoints, message ids, attempts) was this store's first schema already: the numbers agree
+# from here on, so both stores are at the same version with the same tables.
+SAME_AS_SQLITE_V2 = "SELECT 1"
+# Version 3: community settings (per server, with their change log; per user) and result messages users deleted.
+COMMUNITY_V3 = """
+CREATE TABLE guild_settings (
+    guild_id bigint PRIMARY KEY,
+    settings_json jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE guild_setting_changes (
+    id bigserial PRIMARY KEY,
+    guild_id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    setting text NOT NULL,
+    old_json jsonb NOT NULL,
+    new_json jsonb NOT NULL,
+    changed_at timestamptz NOT NULL
+);
+CREATE INDEX guild_setting_changes_by_guild ON guild_setting_changes (guild_id, id);
+CREATE TABLE user_settings (
+    user_id bigint PRIMARY KEY,
+    settings_json jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX user_settings_by_time ON user_settings (updated_at);
+CREATE TABLE deleted_results (
+    job_id text PRIMARY KEY,
+    deleted_at timestamptz NOT NULL
+);
+"""
 # MIGRATIONS[n] takes the schema from version n to n + 1, in one transaction.
-MIGRATIONS = (CREATE_V1,)
+MIGRATIONS = (CREATE_V1, SAME_AS_SQLITE_V2, COMMUNITY_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.
@@ -95,15 +137,36 @@ SELECT
     (SELECT count(*) FROM jobs WHERE user_id = $1 AND state IN ({ACTIVE})),
     (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE user_id = $1 AND created_at >= $3 AND state IN ({BILLABLE})),
     (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE guild_id = $2 AND created_at >= $3 AND state IN ({BILLABLE})),
-    (SELECT max(created_at) FROM jobs WHERE user_id = $1)
+    (SELECT max(created_at) FROM jobs WHERE user_id = $1),
+    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE user_id = $1 AND guild_id = $2 AND created_at >= $3
+        AND state IN ({BILLABLE})),
+    (SELECT coalesce(sum(cost_usd), 0) FROM jobs WHERE guild_id = $2 AND created_at >= $4 AND state IN ({BILLABLE}))
 """  # noqa: S608  # constants only
+GUILD_USAGE = f"""
+SELECT user_id, sum(num_images) AS images, sum(cost_usd) AS spend FROM jobs
+WHERE guild_id = $1 AND created_at >= $2 AND state IN ({BILLABLE})
+GROUP BY user_id ORDER BY spend DESC, images DESC, user_id
+"""  # noqa: S608  # constants only
+SAVE_GUILD_SETTINGS = (
+    "INSERT INTO guild_settings (guild_id, settings_json, updated_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (guild_id) DO UPDATE SET settings_json = EXCLUDED.settings_json, updated_at = EXCLUDED.updated_at"
+)
+RECORD_CHANGE = (
+    "INSERT INTO guild_setting_changes (guild_id, user_id, setting, old_json, new_json, changed_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6)"
+)
+SETTING_CHANGES = "SELECT * FROM guild_setting_changes WHERE guild_id = $1 ORDER BY id DESC LIMIT $2"
+SAVE_USER_SETTINGS = (
+    "INSERT INTO user_settings (user_id, settings_json, updated_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (user_id) DO UPDATE SET settings_json = EXCLUDED.settings_json, updated_at = EXCLUDED.updated_at"
+)
 # A guild's shard is (guild_id >> 22) % count; DMs (no guild) belong to shard 0. $1 NULL: every shard.
 UNFINISHED = f"""
 SELECT * FROM jobs WHERE state IN ({ACTIVE})
     AND ($1::integer IS NULL OR (coalesce(guild_id, 0) >> 22) % $1 = ANY($2::integer[]))
 ORDER BY created_at
 """  # noqa: S608  # constants only
-JOBS = "SELECT * FROM jobs WHERE $1::bigint IS NULL OR user_id = $1 ORDER BY created_at DESC LIMIT $2"
+JOBS = "SELECT * FROM jobs WHERE $1::bigint IS NULL OR user_id = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
 PIN = (
     "INSERT INTO pinned_inputs (user_id, url, content_type, pinned_at) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (user_id) DO UPDATE SET url = EXCLUDED.url, content_type = EXCLUDED.content_type, "
@@ -222,10 +285,10 @@ class PostgresJobStore:
         async with self._connection() as conn:
             return [job_from(row) for row in await conn.fetch(UNFINISHED, count, ids)]
 
-    async def jobs(self, *, user_id: int | None = None, limit: int = 100) -> list[Job]:
-        """The newest jobs (of one user, if given), newest first."""
+    async def jobs(self, *, user_id: int | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """The newest jobs (of one user, if given), newest first, skipping the `offset` newest."""
         async with self._connection() as conn:
-            return [job_from(row) for row in await conn.fetch(JOBS, user_id, limit)]
+            return [job_from(row) for row in await conn.fetch(JOBS, user_id, limit, offset)]
 
     async def usage_snapshot(self, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
         """Everything the limits need, in one query."""
@@ -237,6 +300,60 @@ class PostgresJobStore:
         async with self._connection() as conn:
             row = await conn.fetchrow(query, user_id, since)
         return (row["url"], row["content_type"]) if row else None
+
+    async def guild_usage(self, guild_id: int, since: datetime, top: int = 5) -> GuildUsage:
+        """The server's billable jobs since `since`: images, spend, and the `top` users by spend."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(GUILD_USAGE, guild_id, since)
+        return guild_usage_of([Spender(row["user_id"], int(row["images"]), dollars(row["spend"])) for row in rows], top)
+
+    # --- community settings ---------------------------------------------------------------------
+
+    async def all_guild_settings(self) -> dict[int, GuildSettings]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT guild_id, settings_json FROM guild_settings")
+        return {row["guild_id"]: GuildSettings.model_validate_json(row["settings_json"]) for row in rows}
+
+    async def save_guild_settings(
+        self, guild_id: int, settings: GuildSettings, changes: Sequence[SettingChange], now: datetime
+    ) -> None:
+        """The server's settings and the log of what changed, in one transaction."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(SAVE_GUILD_SETTINGS, guild_id, settings.model_dump_json(), now)
+            await conn.executemany(RECORD_CHANGE, [change_values(change) for change in changes])
+
+    async def setting_changes(self, guild_id: int, limit: int = 10) -> list[SettingChange]:
+        """The server's newest setting changes, newest first."""
+        async with self._connection() as conn:
+            return [change_from(row) for row in await conn.fetch(SETTING_CHANGES, guild_id, limit)]
+
+    async def user_settings(self, user_id: int) -> UserSettings:
+        async with self._connection() as conn:
+            text = await conn.fetchval("SELECT settings_json FROM user_settings WHERE user_id = $1", user_id)
+        return UserSettings.model_validate_json(text) if text else UserSettings()
+
+    async def user_settings_since(self, since: datetime | None) -> dict[int, UserSettings]:
+        """Personal defaults saved at or after `since` (all: None), by user."""
+        sql = "SELECT user_id, settings_json FROM user_settings WHERE $1::timestamptz IS NULL OR updated_at >= $1"
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, since)
+        return {row["user_id"]: UserSettings.model_validate_json(row["settings_json"]) for row in rows}
+
+    async def save_user_settings(self, user_id: int, settings: UserSettings, now: datetime) -> None:
+        async with self._connection() as conn:
+            await conn.execute(SAVE_USER_SETTINGS, user_id, settings.model_dump_json(), now)
+
+    async def mark_results_deleted(self, job_id: str, now: datetime) -> None:
+        """The user deleted the job's result message(s)."""
+        sql = "INSERT INTO deleted_results (job_id, deleted_at) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING"
+        async with self._connection() as conn:
+            await conn.execute(sql, job_id, now)
+
+    async def deleted_results(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs' result messages their users deleted."""
+        sql = "SELECT job_id FROM deleted_results WHERE job_id = ANY($1::text[])"
+        async with self._connection() as conn:
+            return {row["job_id"] for row in await conn.fetch(sql, list(job_ids))}
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -260,9 +377,9 @@ class PostgresJobStore:
 
 
 async def _usage(conn: Any, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
-    since = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    active, user_images, guild_images, last = await conn.fetchrow(USAGE_SNAPSHOT, user_id, guild_id, since)
-    return UsageSnapshot(int(active), int(user_images), int(guild_images), last)
+    row = await conn.fetchrow(USAGE_SNAPSHOT, user_id, guild_id, day_start(now), month_start(now))
+    active, user_images, guild_images, last, member_images, spend = row
+    return UsageSnapshot(int(active), int(user_images), int(guild_images), last, int(member_images), dollars(spend))
 
 
 def lock_keys(user_id: int, guild_id: int | None) -> list[int]:

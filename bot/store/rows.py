@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from bot.community import GuildUsage, SettingChange, Spender
 from bot.fal import EditRequest, KontextOutput
 from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, Job, JobState
 
-__all__ = ("ACTIVE", "BILLABLE", "COLUMNS", "job_from", "job_values")
+__all__ = (
+    "ACTIVE", "BILLABLE", "COLUMNS", "change_from", "change_values", "dollars", "guild_usage_of", "job_from",
+    "job_values",
+)  # fmt: skip
+MICRO = Decimal("0.000001")
 
 COLUMNS = (
     "id", "state", "source", "user_id", "guild_id", "channel_id", "endpoint", "request_json", "num_images",
@@ -66,3 +72,32 @@ def job_from(row: Mapping[str, Any]) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def dollars(value: Any) -> Decimal:
+    """A sum of estimated costs as an exact amount: PostgreSQL sums `numeric` exactly; SQLite sums the stored text
+    as floating point, whose error on a sum of prices of at most three decimals is far below a millionth."""
+    if value is None:
+        return Decimal(0)
+    amount = value if isinstance(value, Decimal) else Decimal(f"{float(value):.6f}")
+    return amount.quantize(MICRO)
+
+
+def guild_usage_of(spenders: Sequence[Spender], top: int) -> GuildUsage:
+    """A server's usage from its users' sums (biggest spenders first)."""
+    images = sum(spender.images for spender in spenders)
+    spend = sum((spender.spend for spender in spenders), Decimal(0))
+    return GuildUsage(images, spend, tuple(spenders[:top]))
+
+
+def change_values(change: SettingChange) -> tuple[Any, ...]:
+    """guild_id, user_id, setting, old_json, new_json, changed_at."""
+    old, new = json.dumps(change.old), json.dumps(change.new)
+    return (change.guild_id, change.user_id, change.setting, old, new, change.changed_at)
+
+
+def change_from(row: Mapping[str, Any]) -> SettingChange:
+    return SettingChange(
+        guild_id=row["guild_id"], user_id=row["user_id"], setting=row["setting"], old=json.loads(row["old_json"]),
+        new=json.loads(row["new_json"]), changed_at=row["changed_at"],
+    )  # fmt: skip

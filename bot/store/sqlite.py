@@ -22,17 +22,28 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bot.community import GuildSettings, GuildUsage, SettingChange, Spender, UserSettings
 from bot.jobs.model import DEFAULT_ENDPOINT, Job
-from bot.quota import Denial, UsageSnapshot
+from bot.quota import Denial, UsageSnapshot, day_start, month_start
 from bot.shards import ShardSet
 from bot.store.base import StoreError
-from bot.store.rows import ACTIVE, BILLABLE, COLUMNS, job_from, job_values
+from bot.store.rows import (
+    ACTIVE,
+    BILLABLE,
+    COLUMNS,
+    change_from,
+    change_values,
+    dollars,
+    guild_usage_of,
+    job_from,
+    job_values,
+)
 
 __all__ = ("SCHEMA_VERSION", "SqliteJobStore")
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
 JOBS_TABLE = """
@@ -75,6 +86,34 @@ CREATE TABLE IF NOT EXISTS pinned_inputs (
     pinned_at TEXT NOT NULL
 );
 """
+# Version 3: community settings (per server, with their change log; per user) and result messages users deleted.
+COMMUNITY_TABLES = """
+CREATE TABLE guild_settings (
+    guild_id INTEGER PRIMARY KEY,
+    settings_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE guild_setting_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    guild_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    setting TEXT NOT NULL,
+    old_json TEXT NOT NULL,
+    new_json TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+);
+CREATE INDEX guild_setting_changes_by_guild ON guild_setting_changes (guild_id, id);
+CREATE TABLE user_settings (
+    user_id INTEGER PRIMARY KEY,
+    settings_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX user_settings_by_time ON user_settings (updated_at);
+CREATE TABLE deleted_results (
+    job_id TEXT PRIMARY KEY,
+    deleted_at TEXT NOT NULL
+);
+"""
 # Version 1 stored fal's URLs with each job and had no endpoint, message ids or attempt count.
 MIGRATE_1_TO_2 = f"""
 {JOBS_TABLE.format(name="jobs_v2")}
@@ -90,8 +129,8 @@ DROP TABLE jobs;
 ALTER TABLE jobs_v2 RENAME TO jobs;
 {INDEXES}
 """  # noqa: S608  # constants only
-CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE
-MIGRATIONS = {1: MIGRATE_1_TO_2}
+CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE + COMMUNITY_TABLES
+MIGRATIONS = {1: MIGRATE_1_TO_2, 2: COMMUNITY_TABLES}
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.
 SAVE_JOB = (
@@ -108,8 +147,23 @@ SELECT
         AND state IN ({BILLABLE})),
     (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = :guild AND created_at >= :since
         AND state IN ({BILLABLE})),
-    (SELECT MAX(created_at) FROM jobs WHERE user_id = :user)
+    (SELECT MAX(created_at) FROM jobs WHERE user_id = :user),
+    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND guild_id = :guild
+        AND created_at >= :since AND state IN ({BILLABLE})),
+    (SELECT TOTAL(CAST(cost_usd AS REAL)) FROM jobs WHERE guild_id = :guild AND created_at >= :month
+        AND state IN ({BILLABLE}))
 """  # noqa: S608  # constants only
+GUILD_USAGE = f"""
+SELECT user_id, SUM(num_images) AS images, TOTAL(CAST(cost_usd AS REAL)) AS spend FROM jobs
+WHERE guild_id = ? AND created_at >= ? AND state IN ({BILLABLE})
+GROUP BY user_id ORDER BY spend DESC, images DESC, user_id
+"""  # noqa: S608  # constants only
+SAVE_GUILD_SETTINGS = "INSERT OR REPLACE INTO guild_settings (guild_id, settings_json, updated_at) VALUES (?, ?, ?)"
+RECORD_CHANGE = (
+    "INSERT INTO guild_setting_changes (guild_id, user_id, setting, old_json, new_json, changed_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+SETTING_CHANGES = "SELECT * FROM guild_setting_changes WHERE guild_id = ? ORDER BY id DESC LIMIT ?"
 UNFINISHED = f"SELECT * FROM jobs WHERE state IN ({ACTIVE}) ORDER BY created_at"  # noqa: S608
 # A guild's shard is (guild_id >> 22) % count; DMs (no guild) belong to shard 0.
 UNFINISHED_ON_SHARDS = f"""
@@ -261,15 +315,72 @@ class SqliteJobStore:
         params = {"count": shards.count, "ids": json.dumps(sorted(shards.ids))}
         return [_job(row) for row in await self._read(UNFINISHED_ON_SHARDS, params)]
 
-    async def jobs(self, *, user_id: int | None = None, limit: int = 100) -> list[Job]:
-        """The newest jobs (of one user, if given), newest first."""
-        where, params = ("WHERE user_id = ?", (user_id, limit)) if user_id is not None else ("", (limit,))
-        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?"  # noqa: S608
-        return [_job(row) for row in await self._read(sql, params)]
+    async def jobs(self, *, user_id: int | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """The newest jobs (of one user, if given), newest first, skipping the `offset` newest."""
+        where, params = ("WHERE user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?"  # noqa: S608
+        return [_job(row) for row in await self._read(sql, (*params, limit, offset))]
 
     async def usage_snapshot(self, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
         """Everything the limits need, in one query."""
         return await self._run(lambda: _usage(self._db, user_id, guild_id, now))  # type: ignore[no-any-return]
+
+    async def guild_usage(self, guild_id: int, since: datetime, top: int = 5) -> GuildUsage:
+        """The server's billable jobs since `since`: images, spend, and the `top` users by spend."""
+        rows = await self._read(GUILD_USAGE, (guild_id, since.isoformat()))
+        return guild_usage_of([Spender(row[0], int(row[1]), dollars(row[2])) for row in rows], top)
+
+    # --- community settings ---------------------------------------------------------------------
+
+    async def all_guild_settings(self) -> dict[int, GuildSettings]:
+        rows = await self._read("SELECT guild_id, settings_json FROM guild_settings", ())
+        return {row[0]: GuildSettings.model_validate_json(row[1]) for row in rows}
+
+    async def save_guild_settings(
+        self, guild_id: int, settings: GuildSettings, changes: Sequence[SettingChange], now: datetime
+    ) -> None:
+        """The server's settings and the log of what changed, in one transaction."""
+        row = (guild_id, settings.model_dump_json(), now.isoformat())
+        records = [tuple(map(_sqlite_value, change_values(change))) for change in changes]
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(SAVE_GUILD_SETTINGS, row)
+            db.executemany(RECORD_CHANGE, records)
+
+        await self._run(self._write, save)
+
+    async def setting_changes(self, guild_id: int, limit: int = 10) -> list[SettingChange]:
+        """The server's newest setting changes, newest first."""
+        rows = await self._read(SETTING_CHANGES, (guild_id, limit))
+        return [change_from({**dict(row), "changed_at": _aware(row["changed_at"])}) for row in rows]
+
+    async def user_settings(self, user_id: int) -> UserSettings:
+        rows = await self._read("SELECT settings_json FROM user_settings WHERE user_id = ?", (user_id,))
+        return UserSettings.model_validate_json(rows[0][0]) if rows else UserSettings()
+
+    async def user_settings_since(self, since: datetime | None) -> dict[int, UserSettings]:
+        """Personal defaults saved at or after `since` (all: None), by user."""
+        sql = "SELECT user_id, settings_json FROM user_settings WHERE updated_at >= ?"
+        rows = await self._read(sql, (since.isoformat() if since else "",))
+        return {row[0]: UserSettings.model_validate_json(row[1]) for row in rows}
+
+    async def save_user_settings(self, user_id: int, settings: UserSettings, now: datetime) -> None:
+        sql = "INSERT OR REPLACE INTO user_settings (user_id, settings_json, updated_at) VALUES (?, ?, ?)"
+        params = (user_id, settings.model_dump_json(), now.isoformat())
+        await self._run(self._write, lambda db: db.execute(sql, params))
+
+    async def mark_results_deleted(self, job_id: str, now: datetime) -> None:
+        """The user deleted the job's result message(s)."""
+        sql = "INSERT OR IGNORE INTO deleted_results (job_id, deleted_at) VALUES (?, ?)"
+        await self._run(self._write, lambda db: db.execute(sql, (job_id, now.isoformat())))
+
+    async def deleted_results(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs' result messages their users deleted."""
+        if not job_ids:
+            return set()
+        marks = ", ".join("?" for _ in job_ids)
+        sql = f"SELECT job_id FROM deleted_results WHERE job_id IN ({marks})"  # noqa: S608  # placeholders only
+        return {row[0] for row in await self._read(sql, tuple(job_ids))}
 
     async def pinned_input(self, user_id: int, since: datetime) -> tuple[str, str] | None:
         query = "SELECT url, content_type FROM pinned_inputs WHERE user_id = ? AND pinned_at >= ?"
@@ -285,10 +396,11 @@ class SqliteJobStore:
 
 
 def _usage(db: sqlite3.Connection, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
-    since = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    params = {"user": user_id, "guild": guild_id, "since": since.isoformat()}
-    active, user_images, guild_images, last = db.execute(USAGE_SNAPSHOT, params).fetchone()
-    return UsageSnapshot(int(active), int(user_images), int(guild_images), _aware(last) if last else None)
+    params = {"user": user_id, "guild": guild_id, "since": day_start(now).isoformat(),
+              "month": month_start(now).isoformat()}  # fmt: skip
+    active, user_images, guild_images, last, member_images, spend = db.execute(USAGE_SNAPSHOT, params).fetchone()
+    return UsageSnapshot(int(active), int(user_images), int(guild_images), _aware(last) if last else None,
+                         int(member_images), dollars(spend))  # fmt: skip
 
 
 def _row(job: Job) -> tuple[Any, ...]:

@@ -465,7 +465,26 @@ class FakeDiscord:
         resolved = {a["id"]: {**a, "ephemeral": True} for a in [*attachments, *self._option_attachments(options)]}
         if resolved:
             data["resolved"] = {"attachments": resolved}
+        for kind, objects in self._option_objects(options).items():
+            data.setdefault("resolved", {})[kind] = objects
         return self.interactions.build(2, data, where, 20)
+
+    def _option_objects(self, options: Iterable[Json]) -> dict[str, Json]:
+        """Channel (type 7) and role (type 8) options resolved as Discord sends them: partial channels with the
+        bot's permissions there, and role objects (subcommand options included)."""
+        found: dict[str, Json] = {}
+        for option in options:
+            for kind, objects in self._option_objects(option.get("options", [])).items():
+                found.setdefault(kind, {}).update(objects)
+            if option.get("type") == 7:
+                channel = self.world.channel(int(option["value"]))
+                partial = self.world.partial_channel(channel, self.world.app_permissions(channel))
+                found.setdefault("channels", {})[str(option["value"])] = partial
+            elif option.get("type") == 8:
+                role = next(g.roles[int(option["value"])] for g in self.world.guilds.values()
+                            if int(option["value"]) in g.roles)  # fmt: skip
+                found.setdefault("roles", {})[str(option["value"])] = role
+        return found
 
     def message_command(self, name: str, message: Json, **where: Unpack[Where]) -> Json:
         """INTERACTION_CREATE data for a message context menu on ``message`` (its current state is sent, with
