@@ -5,14 +5,14 @@ Each result message is reported to the job's owner the moment Discord confirms i
 restarted bot posts only what is missing. Every post carries a nonce that Discord enforces, so a post
 whose answer was lost is not made twice; a post older than Discord's nonce window is found in the
 channel by that job's own result buttons or file names. Where the bot has no access, the results go to
-the interaction's followups while its token lives; otherwise the delivery ends with a reason.
+the interaction's followups while its token lives; otherwise the delivery ends with a reason. Each
+message is a result card (`cogs.cards`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +20,10 @@ import discord
 
 from bot.i18n import t, using_locale
 from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
-from cogs.render import render_result
+from cogs.cards import GALLERY_LIMIT, card_files, more_results_card, result_card
+from cogs.render import result_notes
 from cogs.status import EDIT_ERRORS, StatusMessage
-from cogs.views import RESULT_ACTIONS, result_view
+from cogs.views import RESULT_ACTIONS
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord takes 25 MiB per message request; keep room for the JSON
-MAX_FILES_PER_MESSAGE = 10
+MAX_FILES_PER_MESSAGE = GALLERY_LIMIT  # Discord takes 10 files per message, a gallery shows 10
 THREAD_EXISTS = 160004
 HISTORY_SCAN = 100
 THREAD_NAME_LIMIT = 100
@@ -88,17 +89,12 @@ def plan_uploads(job: Job, images: Sequence[ResultImage], *, file_limit: int, ns
     return plan
 
 
-def _files(message: PlannedMessage) -> list[discord.File]:
-    return [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw)
-            for name, image in message.files]  # fmt: skip
-
-
 def _nonce(job: Job, index: int) -> str:
     return f"{job.id[:22]}-{index}"  # Discord allows 25 characters
 
 
 class DiscordJobSink(JobSink):
-    """`JobSink` for Discord: status edits through `StatusMessage`, results as files in a thread."""
+    """`JobSink` for Discord: status edits through `StatusMessage`, results as cards in a thread."""
 
     def __init__(self, bot: KontextBot, status: StatusMessage) -> None:
         self._bot = bot
@@ -177,13 +173,15 @@ class _Delivery:
             raise DeliveryFailed(_no_access_text(error), final=isinstance(exc, discord.HTTPException)) from exc
 
     def _message(self, plan: UploadPlan, index: int) -> dict[str, Any]:
-        files = _files(plan.messages[index])
+        """The keyword arguments of result message `index`: a result card (Components V2) and its files."""
+        planned = plan.messages[index].files
+        files = card_files(planned)
         if index > 0:
-            return {"files": files, "allowed_mentions": discord.AllowedMentions.none()}
-        content = render_result(self._job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked,
-                                missing=plan.missing)  # fmt: skip
+            view = more_results_card(self._job, planned)
+            return {"view": view, "files": files, "allowed_mentions": discord.AllowedMentions.none()}
+        notes = result_notes(posted=plan.posted, withheld=plan.withheld, linked=plan.linked, missing=plan.missing)
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._job.user_id)])
-        return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions,
+        return {"view": result_card(self._job, planned, notes), "files": files, "allowed_mentions": mentions,
                 "suppress_embeds": True}  # fmt: skip
 
     async def _channel(self) -> AnyChannel:
@@ -244,11 +242,16 @@ def _attachment_names(message: discord.Message) -> set[str]:
 
 
 def _custom_ids(message: discord.Message) -> set[str]:
-    return {getattr(child, "custom_id", None) or "" for row in message.components for child in _children(row)}
+    return {getattr(component, "custom_id", None) or "" for component in _walk(message.components)}
 
 
-def _children(row: Any) -> Iterator[Any]:
-    yield from getattr(row, "children", ())
+def _walk(components: Iterable[Any]) -> Iterator[Any]:
+    """Every component of a message, nested ones too (a V2 card's buttons sit in a row in a container)."""
+    for component in components:
+        yield component
+        yield from _walk(getattr(component, "children", ()))
+        if (accessory := getattr(component, "accessory", None)) is not None:
+            yield accessory
 
 
 def _file_limit(channel: object) -> int:

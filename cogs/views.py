@@ -21,7 +21,6 @@ __all__ = (
     "PromptModal",
     "RerollButton",
     "UseAsInputButton",
-    "result_view",
     "status_view",
 )
 
@@ -112,13 +111,6 @@ BUTTONS = (CancelButton, RerollButton, EditAgainButton, UseAsInputButton)
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
-    return view
-
-
-def result_view(job_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    for item in (RerollButton(job_id), EditAgainButton(job_id), UseAsInputButton(job_id)):
-        view.add_item(item)
     return view
 
 
