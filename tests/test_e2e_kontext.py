@@ -127,7 +127,6 @@ async def test_only_the_owner_or_a_moderator_may_cancel(harness: Harness):
 
 
 BAD_INPUTS = [
-    pytest.param({"images": []}, "at least one image", id="no-image"),
     pytest.param({"prompt": "   "}, "write a prompt", id="blank-prompt"),
     pytest.param({"prompt": "x" * 1501}, "limit is 1500", id="prompt-too-long"),
     pytest.param({"kind": "text/plain"}, "not a supported image", id="not-an-image"),
