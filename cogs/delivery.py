@@ -4,9 +4,9 @@ Discord's upload limits, and exactly once across retries and restarts.
 Each result message is reported to the job's owner the moment Discord confirms it, so a retry or a
 restarted bot posts only what is missing. Every post carries a nonce that Discord enforces, so a post
 whose answer was lost is not made twice; a post older than Discord's nonce window is found in the
-channel by that job's own result buttons or file names. Where the bot has no access, the results go to
-the interaction's followups while its token lives; otherwise the delivery ends with a reason. Each
-message is a result card (`cogs.cards`).
+channel by that job's own result buttons or file names. Where the bot has no access, or only the user
+installed the app (`cogs.installs`), the results go to the interaction's followups while its token lives;
+otherwise the delivery ends with a reason. Each message is a result card (`cogs.cards`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import discord
 from bot.i18n import t, using_locale
 from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
 from cogs.cards import GALLERY_LIMIT, card_files, more_results_card, result_card
+from cogs.installs import FOLLOWUP_CAP, Reach
 from cogs.render import result_notes
 from cogs.status import EDIT_ERRORS, StatusMessage
 from cogs.views import RESULT_ACTIONS
@@ -68,25 +69,35 @@ def file_name(job: Job, number: int, image: ResultImage) -> str:
     return f"kontext-{job.id[:12]}-{number}.{image.extension}"
 
 
-def plan_uploads(job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool) -> UploadPlan:
-    """Flagged images are spoilered in NSFW channels and withheld elsewhere; too-large ones become links.
-    The plan depends only on its arguments, so a retry makes the same messages in the same order."""
+def plan_uploads(
+    job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool, max_messages: int | None = None
+) -> UploadPlan:
+    """Flagged images are spoilered in NSFW channels and withheld elsewhere; too-large ones become links, as do
+    those that would need more than `max_messages` messages. The plan depends only on its arguments, so a retry
+    makes the same messages in the same order."""
     plan = UploadPlan()
     for number, image in enumerate(images, start=1):
         if image.data is None:
             plan.missing += 1
         elif image.nsfw and not nsfw_channel:
             plan.withheld += 1
-        elif len(image.data) > file_limit:
+        elif len(image.data) > file_limit or not _add(plan, file_name(job, number, image), image, max_messages):
             plan.linked.append(image.url)
-        else:
-            last = plan.messages[-1]
-            if len(last.files) == MAX_FILES_PER_MESSAGE or last.size + len(image.data) > MAX_REQUEST_BYTES:
-                last = PlannedMessage()
-                plan.messages.append(last)
-            last.files.append((file_name(job, number, image), image))
-            last.size += len(image.data)
     return plan
+
+
+def _add(plan: UploadPlan, name: str, image: ResultImage, max_messages: int | None) -> bool:
+    """Add the file to the last message or a new one; False when that would take too many messages."""
+    size = len(image.data or b"")
+    last = plan.messages[-1]
+    if len(last.files) == MAX_FILES_PER_MESSAGE or last.size + size > MAX_REQUEST_BYTES:
+        if max_messages is not None and len(plan.messages) >= max_messages:
+            return False
+        last = PlannedMessage()
+        plan.messages.append(last)
+    last.files.append((name, image))
+    last.size += size
+    return True
 
 
 def _nonce(job: Job, index: int) -> str:
@@ -94,11 +105,13 @@ def _nonce(job: Job, index: int) -> str:
 
 
 class DiscordJobSink(JobSink):
-    """`JobSink` for Discord: status edits through `StatusMessage`, results as cards in a thread."""
+    """`JobSink` for Discord: status edits through `StatusMessage`, results as cards in a thread (or, where the
+    bot can't post, as the interaction's followups)."""
 
-    def __init__(self, bot: KontextBot, status: StatusMessage) -> None:
+    def __init__(self, bot: KontextBot, status: StatusMessage, reach: Reach | None = None) -> None:
         self._bot = bot
         self.status = status
+        self.reach = reach or Reach()
 
     def show(self, job: Job) -> None:
         self.status.show(job)
@@ -108,7 +121,7 @@ class DiscordJobSink(JobSink):
 
     async def deliver(self, job: Job, images: Sequence[ResultImage], report: DeliveryReport) -> None:
         with using_locale(job.locale):
-            await _Delivery(self._bot, job, images, report, self.status.interaction).run()
+            await _Delivery(self._bot, job, images, report, self.status.interaction, self.reach).run()
 
 
 class _Delivery:
@@ -121,16 +134,21 @@ class _Delivery:
         images: Sequence[ResultImage],
         report: DeliveryReport,
         interaction: discord.Interaction[Any] | None,
+        reach: Reach,
     ) -> None:
         self._bot = bot
         self._job = job
         self._images = images
         self._report = report
         self._interaction = interaction
+        self._reach = reach
         self._done = len(job.result_message_ids)
         self._maybe_posted = job.delivery_attempts > 1  # an earlier attempt may have posted without recording it
 
     async def run(self) -> None:
+        if not self._reach.channel:
+            await self._post_as_followups(None)  # only the user installed the app here: no channel, no thread
+            return
         try:
             channel = await self._channel()
             plan = plan_uploads(self._job, self._images, file_limit=_file_limit(channel),
@@ -156,17 +174,21 @@ class _Delivery:
             await self._report.result_posted(message.id)
             self._done += 1
 
-    async def _post_as_followups(self, error: discord.HTTPException) -> None:
-        """No access to the channel: the interaction's own webhook still works while its token lives."""
+    async def _post_as_followups(self, error: discord.HTTPException | None) -> None:
+        """No access to the channel (`error`), or none expected: the interaction's own webhook still works while
+        its token lives, for up to FOLLOWUP_CAP messages (Discord's cap where only the user installed the app)."""
         interaction = self._interaction
-        if interaction is None:
+        if interaction is None or interaction.is_expired():
             raise DeliveryFailed(_no_access_text(error), final=True) from error
-        log.info("job %s: no access to channel %s (%s); posting the results as followups",
-                 self._job.id, self._job.channel_id, error)  # fmt: skip
-        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False)
+        if error is not None:
+            log.info("job %s: no access to channel %s (%s); posting the results as followups",
+                     self._job.id, self._job.channel_id, error)  # fmt: skip
+        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False,
+                            max_messages=FOLLOWUP_CAP)  # fmt: skip
         try:
             for index in range(self._done, len(plan.messages)):
-                sent = await interaction.followup.send(wait=True, **self._message(plan, index))
+                message = self._message(plan, index)
+                sent = await interaction.followup.send(wait=True, ephemeral=self._reach.ephemeral, **message)
                 await self._report.result_posted(sent.id)
                 self._done += 1
         except EDIT_ERRORS as exc:
@@ -267,7 +289,10 @@ def _is_nsfw(channel: object) -> bool:
     return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
-def _no_access_text(error: discord.HTTPException) -> str:
+def _no_access_text(error: discord.HTTPException | None) -> str:
+    if error is None:
+        return t("The results could not be posted: Discord lets me answer here only for 15 minutes after you "
+                 "asked, and that time is up.")  # fmt: skip
     if isinstance(error, discord.NotFound):
         return t("The results could not be posted: the channel is gone.")
     return t("The results could not be posted: I can't post in that channel. Ask an admin to let me in.")

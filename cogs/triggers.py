@@ -31,6 +31,7 @@ from cogs.inputs import (
     check_images,
     images_of_message,
 )
+from cogs.installs import anywhere
 from cogs.launch import Draft, Launcher, Origin, launcher_of
 from cogs.render import denial_text
 from cogs.replies import UserFacingError, replying
@@ -107,14 +108,14 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
         options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
         await run(interaction, prompt, images, options, model)
 
-    return app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext)
+    return anywhere(app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext))
 
 
 class Triggers(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.kontext_command = kontext_command(self.kontext, bot.settings.models)
-        self.edit_menu = app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext)
+        self.edit_menu = anywhere(app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext))
         self._questions: set[tuple[int, int]] = set()  # (channel, member) whose reaction is being handled
 
     async def cog_load(self) -> None:

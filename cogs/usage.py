@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.i18n import t, tn
 from bot.jobs import BILLABLE_STATES, Job
 from bot.quota import Limits, day_start
+from cogs.installs import anywhere
 from cogs.render import model_name, money, price_text
 from cogs.replies import replying, send_ephemeral
 
@@ -27,6 +28,7 @@ class Usage(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
 
+    @anywhere
     @app_commands.command(name="kontext-usage", description="How many images you (and this server) used today")
     async def usage(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):

@@ -12,6 +12,7 @@ from bot.fal import EditRequest, KontextOutput, OutputImage
 from bot.jobs import Job, JobState, ResultImage
 from cogs.cards import ALT_TEXT_LIMIT, TEXT_LIMIT, more_results_card, result_card
 from cogs.delivery import plan_uploads
+from cogs.installs import FOLLOWUP_CAP
 from cogs.render import result_notes
 from tests.fakes.discord_components import check_message_components, message_text
 from tests.fakes.fake_fal import JobScript, Outcome
@@ -81,6 +82,17 @@ def test_a_huge_prompt_and_many_links_stay_within_the_text_and_alt_text_limits()
     files = [(f"kontext-{job.id[:12]}-1.png", results(job)[0])]
     [item] = gallery_items({"components": components(result_card(job, files, []))})
     assert len(item["description"]) == ALT_TEXT_LIMIT and job.request.prompt.startswith(item["description"][:-1])
+
+
+def test_followups_take_at_most_five_messages_and_link_the_rest():
+    job = job_with(6)
+    huge = [ResultImage(r.url, r.content_type, r.nsfw, data=b"x" * (9 * 2**20)) for r in results(job)] * 3  # 18
+
+    capped = plan_uploads(job, huge, file_limit=10 * 2**20, nsfw_channel=False, max_messages=FOLLOWUP_CAP)
+    free = plan_uploads(job, huge, file_limit=10 * 2**20, nsfw_channel=False)
+
+    assert len(free.messages) == 9 and free.linked == []  # two 9 MiB files per 24 MiB request
+    assert len(capped.messages) == FOLLOWUP_CAP and capped.posted == 10 and len(capped.linked) == 8
 
 
 async def test_the_prompt_is_each_images_alt_text_cut_to_discords_limit(harness: Harness):
