@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bench.world import request_times, timed_job
-from tests.fakes.fake_discord import FakeDiscord, Json, Recorded
+from tests.fakes.fake_discord import FakeDiscord, Json, Recorded, message_text
 from tests.fakes.fake_fal import KINDS, FakeFal
 
 _TOKEN_PATH = re.compile(r"/interactions/\d+/(?P<cb>[^/]+)/callback|/webhooks/\d+/(?P<wh>[^/]+)/messages/@original")
@@ -177,7 +177,8 @@ def _first_times(records: list[Recorded], path: re.Pattern[str], prompts: set[st
     for rec in records:
         if rec.method != "POST" or rec.status >= 300 or not path.fullmatch(rec.path) or bool(rec.files) != files:
             continue
-        text = str((rec.json or {}).get("content" if files else "name", "")) if isinstance(rec.json, dict) else ""
+        body = rec.json if isinstance(rec.json, dict) else {}
+        text = message_text(body) if files else str(body.get("name", ""))  # a result card's text, a thread's name
         prompt = next((p for p in _candidates(text) if p in prompts), None)
         if prompt is not None:
             firsts.setdefault(prompt, rec.time)
@@ -214,7 +215,7 @@ def result_messages(discord: FakeDiscord, prompts: Iterable[str]) -> Counter[str
     """How many result messages ("here is your edit", with files) the fake holds for each prompt."""
     counts: Counter[str] = Counter({prompt: 0 for prompt in prompts})
     for message in discord.messages.values():
-        content = str(message.get("content", ""))
+        content = message_text(message)  # the result card's Text Displays
         if "here is your edit" in content and message.get("attachments"):
             for prompt in _candidates(content):
                 if prompt in counts:
