@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench.rig import Rig, in_flight, rig, sample, wall
 from bench.world import bench_prompt, kontext_payload
+from tests.fakes.fake_discord import message_text
 from tests.fakes.fake_fal import JobScript
 
 SCRIPT = JobScript(queue_positions=(3, 2, 1, 0), progress_steps=2, step_seconds=2.0)
@@ -201,8 +202,8 @@ def _kind(method: str, path: str) -> str:
 
 
 def _count_deliveries(r: Rig, run: Run) -> None:
-    results = Counter(_prompt_line(m["content"]) for m in r.discord.messages.values()
-                      if "here is your edit" in m["content"])  # fmt: skip
+    texts = [message_text(m) for m in r.discord.messages.values()]  # result cards show their text in components
+    results = Counter(_prompt_line(text) for text in texts if "here is your edit" in text)
     prompts = [str(job.input.get("prompt")) for job in r.fal.jobs.values()]
     run.paid, run.delivered = len(prompts), sum(min(results[p], 1) for p in prompts)
     run.lost = sum(1 for p in prompts if results[p] == 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.world import FIRST_BENCH_USER, jittered, started_fal, timed_fakes
 from tests.bot_process import BotProcess, bot_environment
-from tests.fakes.fake_discord import FakeDiscord, Json
+from tests.fakes.fake_discord import FakeDiscord, Json, message_text
 from tests.fakes.fake_fal import FakeFal, JobScript
 from tests.fakes.images import make_png
 
@@ -137,7 +137,7 @@ def in_flight(rig_: Rig) -> int:
 
 
 def delivered_count(discord: FakeDiscord) -> int:
-    return sum(1 for m in discord.messages.values() if "here is your edit" in m["content"])
+    return sum(1 for m in discord.messages.values() if "here is your edit" in message_text(m))
 
 
 def wall() -> str:

@@ -16,12 +16,13 @@ from bot.fal import ModelSpec, OutputImage, find_model
 from bot.i18n import t
 from bot.jobs import CancelOutcome, CancelResult, Job
 from bot.messages import describe_failure
+from cogs.forms import EditForm, FormValues, image_room
 from cogs.inputs import ImageRef, JobOptions
 from cogs.launch import Draft, Launcher, launcher_of, take_back
 from cogs.refresh import refresh_discord_urls
 from cogs.replies import UserFacingError, replying, send_ephemeral
 from cogs.triggers import origin_of, parse_count
-from cogs.views import BUTTONS, HANDLER_COG, PromptModal
+from cogs.views import BUTTONS, HANDLER_COG
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -89,27 +90,30 @@ class ResultButtons(commands.Cog, name=HANDLER_COG):
     # --- Edit again -----------------------------------------------------------------------------
 
     async def _edit_again(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """A modal must be the first answer, so this reads the job first (from memory when it is recent)."""
+        """A modal must be the first answer, so this reads the job first (from memory when it is recent). The
+        form takes more images to combine with the result."""
         job = await self._job(job_id, need_result=True)
         assert job.result is not None  # noqa: S101  # checked by _job
+        model = _model_of(job)
         on_values = functools.partial(self._edit_again_submitted, job=job)
-        modal = PromptModal(
-            t("Edit again"), on_values, default_prompt=job.request.prompt,
-            max_length=self.bot.settings.max_prompt_length, image_count=len(job.result.images),
-            max_results=_model_of(job).max_outputs,
+        form = EditForm(
+            t("Edit again"), on_values, uploads=(0, image_room(self.bot.settings, model) - 1),
+            default_prompt=job.request.prompt, max_length=self.bot.settings.max_prompt_length,
+            image_count=len(job.result.images), max_results=model.max_outputs,
         )  # fmt: skip
-        await interaction.response.send_modal(modal)
+        await interaction.response.send_modal(form)
 
     async def _edit_again_submitted(
-        self, interaction: discord.Interaction[Any], values: dict[str, str], *, job: Job
+        self, interaction: discord.Interaction[Any], values: FormValues, *, job: Job
     ) -> None:
         async with replying(interaction):
             model = _model_of(job)  # an edit of a result stays on the model that made it
             images = job.result.images if job.result else ()
-            which = parse_count(values.get("which", "1"), t("Which result"), len(images))
-            count = parse_count(values["num_images"], t("Number of results"), model.max_outputs)
+            which = parse_count(values.which, t("Which result"), len(images))
+            count = parse_count(values.num_images, t("Number of results"), model.max_outputs)
             options = JobOptions(num_images=count, output_format=job.request.output_format)
-            draft = Draft(values["prompt"], (_as_input(images[which - 1]),), options, model=model.id)
+            inputs = (_as_input(images[which - 1]), *values.images)
+            draft = Draft(values.prompt, inputs, options, model=model.id)
             await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "edit_again"))
 
     # --- Use as input ---------------------------------------------------------------------------

@@ -4,15 +4,15 @@ Discord's upload limits, and exactly once across retries and restarts.
 Each result message is reported to the job's owner the moment Discord confirms it, so a retry or a
 restarted bot posts only what is missing. Every post carries a nonce that Discord enforces, so a post
 whose answer was lost is not made twice; a post older than Discord's nonce window is found in the
-channel by that job's own result buttons or file names. Where the bot has no access, the results go to
-the interaction's followups while its token lives; otherwise the delivery ends with a reason.
+channel by that job's own result buttons or file names. Where the bot has no access, or only the user
+installed the app (`cogs.installs`), the results go to the interaction's followups while its token lives;
+otherwise the delivery ends with a reason. Each message is a result card (`cogs.cards`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +21,11 @@ import discord
 from bot.config import NsfwPolicy
 from bot.i18n import t, using_locale
 from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
-from cogs.render import render_result
+from cogs.cards import GALLERY_LIMIT, card_files, more_results_card, result_card
+from cogs.installs import FOLLOWUP_CAP, Reach
+from cogs.render import result_notes
 from cogs.status import EDIT_ERRORS, StatusMessage
-from cogs.views import RESULT_ACTIONS, result_view
+from cogs.views import RESULT_ACTIONS
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord takes 25 MiB per message request; keep room for the JSON
-MAX_FILES_PER_MESSAGE = 10
+MAX_FILES_PER_MESSAGE = GALLERY_LIMIT  # Discord takes 10 files per message, a gallery shows 10
 THREAD_EXISTS = 160004
 HISTORY_SCAN = 100
 THREAD_NAME_LIMIT = 100
@@ -72,11 +74,12 @@ def file_name(job: Job, number: int, image: ResultImage) -> str:
 
 def plan_uploads(
     job: Job, images: Sequence[ResultImage], *, file_limit: int, nsfw_channel: bool,
-    policy: NsfwPolicy = NsfwPolicy.SPOILER,
+    policy: NsfwPolicy = NsfwPolicy.SPOILER, max_messages: int | None = None,
 ) -> UploadPlan:  # fmt: skip
     """Flagged images are withheld outside NSFW channels; in NSFW channels the server's policy spoilers them
-    (the default), posts them as they are, or withholds them too. Too-large ones become links.
-    The plan depends only on its arguments, so a retry makes the same messages in the same order."""
+    (the default), posts them as they are, or withholds them too. Too-large ones become links, as do those that
+    would need more than `max_messages` messages. The plan depends only on its arguments, so a retry makes the
+    same messages in the same order."""
     shown = nsfw_channel and policy is not NsfwPolicy.WITHHOLD
     plan = UploadPlan(spoiler=policy is NsfwPolicy.SPOILER, withheld_here=nsfw_channel and not shown)
     for number, image in enumerate(images, start=1):
@@ -84,21 +87,23 @@ def plan_uploads(
             plan.missing += 1
         elif image.nsfw and not shown:
             plan.withheld += 1
-        elif len(image.data) > file_limit:
+        elif len(image.data) > file_limit or not _add(plan, file_name(job, number, image), image, max_messages):
             plan.linked.append(image.url)
-        else:
-            last = plan.messages[-1]
-            if len(last.files) == MAX_FILES_PER_MESSAGE or last.size + len(image.data) > MAX_REQUEST_BYTES:
-                last = PlannedMessage()
-                plan.messages.append(last)
-            last.files.append((file_name(job, number, image), image))
-            last.size += len(image.data)
     return plan
 
 
-def _files(message: PlannedMessage, *, spoiler: bool) -> list[discord.File]:
-    return [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw and spoiler)
-            for name, image in message.files]  # fmt: skip
+def _add(plan: UploadPlan, name: str, image: ResultImage, max_messages: int | None) -> bool:
+    """Add the file to the last message or a new one; False when that would take too many messages."""
+    size = len(image.data or b"")
+    last = plan.messages[-1]
+    if len(last.files) == MAX_FILES_PER_MESSAGE or last.size + size > MAX_REQUEST_BYTES:
+        if max_messages is not None and len(plan.messages) >= max_messages:
+            return False
+        last = PlannedMessage()
+        plan.messages.append(last)
+    last.files.append((name, image))
+    last.size += size
+    return True
 
 
 def _nonce(job: Job, index: int) -> str:
@@ -106,11 +111,13 @@ def _nonce(job: Job, index: int) -> str:
 
 
 class DiscordJobSink(JobSink):
-    """`JobSink` for Discord: status edits through `StatusMessage`, results as files in a thread."""
+    """`JobSink` for Discord: status edits through `StatusMessage`, results as cards in a thread (or, where the
+    bot can't post, as the interaction's followups)."""
 
-    def __init__(self, bot: KontextBot, status: StatusMessage) -> None:
+    def __init__(self, bot: KontextBot, status: StatusMessage, reach: Reach | None = None) -> None:
         self._bot = bot
         self.status = status
+        self.reach = reach or Reach()
 
     def show(self, job: Job) -> None:
         self.status.show(job)
@@ -120,7 +127,7 @@ class DiscordJobSink(JobSink):
 
     async def deliver(self, job: Job, images: Sequence[ResultImage], report: DeliveryReport) -> None:
         with using_locale(job.locale):
-            await _Delivery(self._bot, job, images, report, self.status.interaction).run()
+            await _Delivery(self._bot, job, images, report, self.status.interaction, self.reach).run()
 
 
 class _Delivery:
@@ -133,16 +140,21 @@ class _Delivery:
         images: Sequence[ResultImage],
         report: DeliveryReport,
         interaction: discord.Interaction[Any] | None,
+        reach: Reach,
     ) -> None:
         self._bot = bot
         self._job = job
         self._images = images
         self._report = report
         self._interaction = interaction
+        self._reach = reach
         self._done = len(job.result_message_ids)
         self._maybe_posted = job.delivery_attempts > 1  # an earlier attempt may have posted without recording it
 
     async def run(self) -> None:
+        if not self._reach.channel:
+            await self._post_as_followups(None)  # only the user installed the app here: no channel, no thread
+            return
         try:
             channel = await self._channel()
             policy = self._bot.guild_settings.effective(self._job.guild_id).nsfw_policy
@@ -169,30 +181,38 @@ class _Delivery:
             await self._report.result_posted(message.id)
             self._done += 1
 
-    async def _post_as_followups(self, error: discord.HTTPException) -> None:
-        """No access to the channel: the interaction's own webhook still works while its token lives."""
+    async def _post_as_followups(self, error: discord.HTTPException | None) -> None:
+        """No access to the channel (`error`), or none expected: the interaction's own webhook still works while
+        its token lives, for up to FOLLOWUP_CAP messages (Discord's cap where only the user installed the app)."""
         interaction = self._interaction
-        if interaction is None:
+        if interaction is None or interaction.is_expired():
             raise DeliveryFailed(_no_access_text(error), final=True) from error
-        log.info("job %s: no access to channel %s (%s); posting the results as followups",
-                 self._job.id, self._job.channel_id, error)  # fmt: skip
-        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False)
+        if error is not None:
+            log.info("job %s: no access to channel %s (%s); posting the results as followups",
+                     self._job.id, self._job.channel_id, error)  # fmt: skip
+        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False,
+                            max_messages=FOLLOWUP_CAP)  # fmt: skip
         try:
             for index in range(self._done, len(plan.messages)):
-                sent = await interaction.followup.send(wait=True, **self._message(plan, index))
+                message = self._message(plan, index)
+                sent = await interaction.followup.send(wait=True, ephemeral=self._reach.ephemeral, **message)
                 await self._report.result_posted(sent.id)
                 self._done += 1
         except EDIT_ERRORS as exc:
             raise DeliveryFailed(_no_access_text(error), final=isinstance(exc, discord.HTTPException)) from exc
 
     def _message(self, plan: UploadPlan, index: int) -> dict[str, Any]:
-        files = _files(plan.messages[index], spoiler=plan.spoiler)
+        """The keyword arguments of result message `index`: a result card (Components V2) and its files."""
+        planned = plan.messages[index].files
+        files = card_files(planned)
         if index > 0:
-            return {"files": files, "allowed_mentions": discord.AllowedMentions.none()}
-        content = render_result(self._job, posted=plan.posted, withheld=plan.withheld, linked=plan.linked,
-                                missing=plan.missing, withheld_here=plan.withheld_here)  # fmt: skip
+            view = more_results_card(self._job, planned, spoiler=plan.spoiler)
+            return {"view": view, "files": files, "allowed_mentions": discord.AllowedMentions.none()}
+        notes = result_notes(posted=plan.posted, withheld=plan.withheld, linked=plan.linked, missing=plan.missing,
+                             withheld_here=plan.withheld_here)  # fmt: skip
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._job.user_id)])
-        return {"content": content, "files": files, "view": result_view(self._job.id), "allowed_mentions": mentions,
+        return {"view": result_card(self._job, planned, notes, spoiler=plan.spoiler), "files": files,
+                "allowed_mentions": mentions,
                 "suppress_embeds": True}  # fmt: skip
 
     async def _channel(self) -> AnyChannel:
@@ -253,11 +273,16 @@ def _attachment_names(message: discord.Message) -> set[str]:
 
 
 def _custom_ids(message: discord.Message) -> set[str]:
-    return {getattr(child, "custom_id", None) or "" for row in message.components for child in _children(row)}
+    return {getattr(component, "custom_id", None) or "" for component in _walk(message.components)}
 
 
-def _children(row: Any) -> Iterator[Any]:
-    yield from getattr(row, "children", ())
+def _walk(components: Iterable[Any]) -> Iterator[Any]:
+    """Every component of a message, nested ones too (a V2 card's buttons sit in a row in a container)."""
+    for component in components:
+        yield component
+        yield from _walk(getattr(component, "children", ()))
+        if (accessory := getattr(component, "accessory", None)) is not None:
+            yield accessory
 
 
 def _file_limit(channel: object) -> int:
@@ -273,7 +298,10 @@ def _is_nsfw(channel: object) -> bool:
     return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
-def _no_access_text(error: discord.HTTPException) -> str:
+def _no_access_text(error: discord.HTTPException | None) -> str:
+    if error is None:
+        return t("The results could not be posted: Discord lets me answer here only for 15 minutes after you "
+                 "asked, and that time is up.")  # fmt: skip
     if isinstance(error, discord.NotFound):
         return t("The results could not be posted: the channel is gone.")
     return t("The results could not be posted: I can't post in that channel. Ask an admin to let me in.")

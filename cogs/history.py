@@ -9,7 +9,6 @@ restart and in whichever process gets the click; each action checks that the job
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 from collections.abc import Sequence
@@ -23,13 +22,15 @@ from discord.ext import commands
 from bot.fal import FalError
 from bot.i18n import t
 from bot.jobs import BILLABLE_STATES, Job, JobState, ResultImage
+from cogs.cards import card_files, result_card
 from cogs.delivery import plan_uploads
+from cogs.installs import anywhere
 from cogs.launch import launcher_of
-from cogs.render import job_link, model_name, money, prompt_quote, render_result
+from cogs.render import job_link, model_name, money, prompt_quote, result_notes
 from cogs.replies import UserFacingError, replying, send_ephemeral
 from cogs.status import EDIT_ERRORS
 from cogs.triggers import origin_of
-from cogs.views import button_handler, result_view
+from cogs.views import button_handler
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -93,6 +94,7 @@ class History(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(HistoryButton)
 
+    @anywhere
     @app_commands.command(name="kontext-history", description="Your recent edits: post one again, reuse or delete it")
     async def history(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
@@ -147,12 +149,13 @@ class History(commands.Cog):
         images = await self._download(job)
         nsfw = bool(getattr(interaction.channel, "is_nsfw", lambda: False)())
         policy = self.bot.guild_settings.effective(interaction.guild_id).nsfw_policy
-        plan = plan_uploads(job, images, file_limit=interaction.filesize_limit, nsfw_channel=nsfw, policy=policy)
-        files = [discord.File(io.BytesIO(image.data or b""), filename=name, spoiler=image.nsfw and plan.spoiler)
-                 for name, image in plan.messages[0].files]  # fmt: skip
-        content = render_result(job, posted=len(files), withheld=plan.withheld, linked=plan.linked,
-                                missing=plan.missing, withheld_here=plan.withheld_here)  # fmt: skip
-        await interaction.followup.send(content, files=files, view=result_view(job.id), wait=True,
+        plan = plan_uploads(job, images, file_limit=interaction.filesize_limit, nsfw_channel=nsfw, policy=policy,
+                            max_messages=1)  # fmt: skip
+        planned = plan.messages[0].files
+        notes = result_notes(posted=len(planned), withheld=plan.withheld, linked=plan.linked, missing=plan.missing,
+                             withheld_here=plan.withheld_here)  # fmt: skip
+        card = result_card(job, planned, notes, spoiler=plan.spoiler)
+        await interaction.followup.send(view=card, files=card_files(planned), wait=True,
                                         allowed_mentions=discord.AllowedMentions.none())  # fmt: skip
 
     async def _download(self, job: Job) -> list[ResultImage]:

@@ -25,10 +25,11 @@ from bot.log import log_context
 from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request, check_fits
+from cogs.installs import Reach, TokenTarget
 from cogs.policy import LaunchPolicy
 from cogs.render import denial_text, render_status
 from cogs.replies import NO_MENTIONS, UserFacingError, answered
-from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, InteractionTarget, StatusMessage, StatusTarget
+from cogs.status import EDIT_ERRORS, ChannelTarget, EditPacer, StatusMessage, StatusTarget
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -163,9 +164,11 @@ class Launcher:
     async def _answer_and_launch(
         self, interaction: discord.Interaction[Any], job: Job, origin: Origin, draft: Draft | None
     ) -> None:
-        target = InteractionTarget(interaction, None)
+        reach = Reach.of(interaction)
+        target = TokenTarget(interaction, reach)
         status = self._status(job, target)
-        target.message_id = message_id = await _answer(interaction, render_status(job), status.cancel_view())
+        content, view = target.text(render_status(job)), status.cancel_view()
+        target.message_id = message_id = await _answer(interaction, content, view, ephemeral=reach.ephemeral)
         job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
         status.mark_shown(job)
         try:
@@ -181,7 +184,7 @@ class Launcher:
         if denial is not None:
             await take_back(interaction, denial_text(denial))
             return
-        self.bot.runner.launch(job, DiscordJobSink(self.bot, status))
+        self.bot.runner.launch(job, DiscordJobSink(self.bot, status, reach))
         if draft is not None and draft.use_pin and len(job.request.image_urls) > len(draft.images):
             await self.bot.store.unpin_input(origin.user.id)  # used up once a job launched
 
@@ -248,11 +251,14 @@ class Launcher:
         return status
 
 
-async def _answer(interaction: discord.Interaction[Any], content: str, view: discord.ui.View) -> int | None:
-    """Answer with `content` (the first response, or an edit of a defer); the message's id."""
+async def _answer(
+    interaction: discord.Interaction[Any], content: str, view: discord.ui.View, *, ephemeral: bool
+) -> int | None:
+    """Answer with `content` (the first response, or an edit of a defer); the message's id. `ephemeral` where
+    Discord makes it so anyway (`Reach`), so that discord.py knows it too."""
     if not interaction.response.is_done():
         response = await interaction.response.send_message(
-            content, view=view, allowed_mentions=NO_MENTIONS, suppress_embeds=True
+            content, view=view, allowed_mentions=NO_MENTIONS, suppress_embeds=True, ephemeral=ephemeral
         )
         answered(interaction)
         return response.message_id

@@ -20,6 +20,7 @@ from bot.community import UserSettings
 from bot.fal import ModelSpec, find_model
 from bot.i18n import t
 from cogs.inputs import ASPECT_RATIOS, NUM_IMAGES, OUTPUT_FORMATS
+from cogs.installs import anywhere
 from cogs.replies import UserFacingError, replying, send_ephemeral
 
 if TYPE_CHECKING:
@@ -73,8 +74,8 @@ def settings_command(run: Run, models: Sequence[ModelSpec]) -> app_commands.Comm
         callback = with_model
     described = {name: text for name, text in DESCRIBE.items() if name != "model" or len(models) > 1}
     callback = app_commands.describe(**described)(app_commands.choices(**choices)(callback))
-    return app_commands.Command(name="kontext-settings", description="Your own defaults for new edits",
-                                callback=callback)  # fmt: skip
+    return anywhere(app_commands.Command(name="kontext-settings", description="Your own defaults for new edits",
+                                         callback=callback))  # fmt: skip
 
 
 class PersonalSettings(commands.Cog):

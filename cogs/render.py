@@ -13,7 +13,8 @@ from bot.jobs import Job, JobState
 from bot.quota import Denial, DenialKind
 
 __all__ = (
-    "denial_text", "job_link", "model_name", "money", "price_text", "prompt_quote", "render_result", "render_status",
+    "denial_text", "job_link", "model_name", "money", "price_text", "prompt_quote", "render_status", "result_header",
+    "result_notes", "result_sizes",
 )  # fmt: skip
 
 PROMPT_PREVIEW = 300
@@ -106,11 +107,12 @@ def _queue_place(ahead: int | None) -> str:
     return tn("In the queue: {count} job ahead", "In the queue: {count} jobs ahead", ahead)
 
 
-def render_result(
-    job: Job, *, posted: int, withheld: int, linked: list[str], missing: int, withheld_here: bool = False
-) -> str:
-    """The text above the result files; `withheld_here`: by the server's policy, in an NSFW channel."""
-    lines = [_result_header(job), prompt_quote(job.request.prompt)]
+def result_notes(
+    *, posted: int, withheld: int, linked: list[str], missing: int, withheld_here: bool = False
+) -> list[str]:
+    """What the user should know beyond the posted files: withheld, linked and missing images.
+    `withheld_here`: withheld by the server's policy, in an NSFW channel."""
+    lines = []
     if withheld and withheld_here:
         lines.append(tn("🙈 {count} image withheld: the safety filter flagged it and this server's admins withhold "
                         "flagged images everywhere.", "🙈 {count} images withheld: the safety filter flagged them and "
@@ -126,15 +128,24 @@ def render_result(
                         "⚠️ {count} images could not be fetched from the image service.", missing))  # fmt: skip
     if not posted and not linked and not withheld and not missing:
         lines.append(t("The image service returned no images."))
-    return "\n".join(lines)
+    return lines
 
 
-def _result_header(job: Job) -> str:
+def result_header(job: Job) -> str:
     seed = job.result.seed if job.result else None
     params = {"user": job.user_id, "model": model_name(job.endpoint), "cost": money(job.cost_usd), "seed": seed}
     if seed is None:  # a model that reports no seed
         return t("<@{user}> here is your edit · {model} · est. {cost}", **params)
     return t("<@{user}> here is your edit · {model} · seed `{seed}` · est. {cost}", **params)
+
+
+def result_sizes(job: Job) -> str | None:
+    """The sizes of the result images (each size once), None when fal reported none."""
+    images = job.result.images if job.result else ()
+    sizes = dict.fromkeys(f"{image.width}×{image.height}" for image in images if image.width and image.height)  # noqa: RUF001
+    if not sizes:
+        return None
+    return tn("Size: {sizes}", "Sizes: {sizes}", len(sizes), sizes=", ".join(sizes))
 
 
 def denial_text(denial: Denial) -> str:

@@ -41,12 +41,15 @@ Wanted = tuple[str, bool]  # the text, and whether the Cancel button goes with i
 class StatusTarget(Protocol):
     message_id: int | None
     expires_at: datetime | None
+    movable: bool  # the status may go on in a new channel message (not where the bot can't post)
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None: ...
 
 
 class InteractionTarget:
     """The interaction's own response, edited through its webhook token (15-minute life)."""
+
+    movable = True
 
     def __init__(self, interaction: discord.Interaction[Any], message_id: int | None) -> None:
         self.interaction = interaction
@@ -61,6 +64,7 @@ class ChannelTarget:
     """A normal channel message of the bot's, editable for as long as it exists."""
 
     expires_at: datetime | None = None
+    movable = True
 
     def __init__(self, bot: KontextBot, channel_id: int, message_id: int | None) -> None:
         self._channel = bot.get_partial_messageable(channel_id)
@@ -227,6 +231,9 @@ class StatusMessage:
     async def _move_to_channel(self) -> bool:
         """Post the status as a channel message and point the old interaction message at it."""
         old = self._target
+        if not old.movable:  # it stays on the token, whose target says until when (cogs.installs)
+            old.expires_at, self._shown = None, None
+            return False
         new = ChannelTarget(self._bot, self._job.channel_id, None)
         wanted = self._wanted or _wanted(self._job)
         try:

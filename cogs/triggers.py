@@ -3,6 +3,7 @@ Each one checks, extracts and hands over to the `Launcher`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,6 +17,7 @@ from discord.ext import commands
 from bot.fal import ModelSpec
 from bot.i18n import t, using_locale
 from bot.quota import decide
+from cogs.forms import EditForm, FormValues, image_room
 from cogs.inputs import (
     ASPECT_RATIOS,
     GUIDANCE,
@@ -28,12 +30,12 @@ from cogs.inputs import (
     check_images,
     images_of_message,
 )
+from cogs.installs import anywhere
 from cogs.launch import Draft, Launcher, Origin, launcher_of
 from cogs.policy import thread_parent
 from cogs.render import denial_text
 from cogs.replies import UserFacingError, replying
 from cogs.status import EDIT_ERRORS
-from cogs.views import PromptModal
 
 if TYPE_CHECKING:
     from bot.bot import KontextBot
@@ -65,7 +67,7 @@ def origin_of(interaction: discord.Interaction[Any], source: str, message_id: in
 
 
 KontextRun = Callable[
-    [discord.Interaction[Any], str, tuple[ImageRef, ...], JobOptions, str | None], Coroutine[Any, Any, None]
+    [discord.Interaction[Any], str | None, tuple[ImageRef, ...], JobOptions, str | None], Coroutine[Any, Any, None]
 ]
 
 
@@ -74,7 +76,7 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
     the other options' ranges and choices are the widest any registered model allows (each model checks its own)."""
 
     @app_commands.describe(
-        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1'",
+        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1' (no images: a form asks)",
         image1="First image (PNG, JPEG or WebP)", image2="Second image", image3="Third image", image4="Fourth image",
         guidance_scale="How closely to follow the prompt (1-20, default 3.5; Kontext only)",
         num_images="How many results", output_format="File format of the results",
@@ -90,7 +92,7 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
     )
     async def kontext(
         interaction: discord.Interaction[Any],
-        prompt: str,
+        prompt: str | None = None,
         image1: discord.Attachment | None = None,
         image2: discord.Attachment | None = None,
         image3: discord.Attachment | None = None,
@@ -107,14 +109,14 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
         options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
         await run(interaction, prompt, images, options, model)
 
-    return app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext)
+    return anywhere(app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext))
 
 
 class Triggers(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.kontext_command = kontext_command(self.kontext, bot.settings.models)
-        self.edit_menu = app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext)
+        self.edit_menu = anywhere(app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext))
         self._questions: set[tuple[int, int]] = set()  # (channel, member) whose reaction is being handled
 
     async def cog_load(self) -> None:
@@ -132,12 +134,40 @@ class Triggers(commands.Cog):
     # --- /kontext ---------------------------------------------------------------------------------
 
     async def kontext(
-        self, interaction: discord.Interaction[Any], prompt: str, images: tuple[ImageRef, ...], options: JobOptions,
-        model: str | None,
+        self, interaction: discord.Interaction[Any], prompt: str | None, images: tuple[ImageRef, ...],
+        options: JobOptions, model: str | None,
     ) -> None:  # fmt: skip
         async with replying(interaction):
-            draft = Draft(prompt, images, options, use_pin=True, model=model)
+            if not images:
+                await self._open_form(interaction, prompt, options, model)
+                return
+            draft = Draft(prompt or "", images, options, use_pin=True, model=model)
             await self.launcher.from_interaction(interaction, draft, origin_of(interaction, "slash"))
+
+    async def _open_form(
+        self, interaction: discord.Interaction[Any], prompt: str | None, options: JobOptions, choice: str | None
+    ) -> None:
+        """Without images, the upload form is the first answer (after the checks that need no database)."""
+        origin = origin_of(interaction, "slash")
+        self.launcher.check_access(origin)
+        model = self.launcher.model_for(choice, origin)
+        on_values = functools.partial(self._form_submitted, options=options, model_id=model.id)
+        results = options.num_images or self.bot.user_settings.get(origin.user.id).num_images or 1
+        form = EditForm(t("New Kontext edit"), on_values, uploads=(1, image_room(self.bot.settings, model)),
+                        default_prompt=prompt or "", max_length=self.bot.settings.max_prompt_length,
+                        max_results=model.max_outputs, default_results=min(results, model.max_outputs))  # fmt: skip
+        await interaction.response.send_modal(form)
+
+    async def _form_submitted(
+        self, interaction: discord.Interaction[Any], values: FormValues, *, options: JobOptions, model_id: str
+    ) -> None:
+        async with replying(interaction):
+            origin = origin_of(interaction, "slash")
+            model = self.launcher.model_for(model_id, origin)
+            count = parse_count(values.num_images, t("Number of results"), model.max_outputs)
+            draft = Draft(values.prompt, values.images, dataclasses.replace(options, num_images=count), use_pin=True,
+                          model=model_id)  # fmt: skip
+            await self.launcher.from_interaction(interaction, draft, origin)
 
     # --- "Edit with Kontext" message menu -----------------------------------------------------------
 
@@ -151,19 +181,21 @@ class Triggers(commands.Cog):
             model = self.launcher.model_for(None, origin)
             check_images(images, self.bot.settings, model)  # before the user types a prompt for nothing
             on_values = functools.partial(self._menu_submitted, message_id=message.id, images=tuple(images))
-            modal = PromptModal(t("Edit with Kontext"), on_values, max_length=self.bot.settings.max_prompt_length,
-                                max_results=model.max_outputs)  # fmt: skip
-            await interaction.response.send_modal(modal)
+            room = image_room(self.bot.settings, model) - len(images)
+            form = EditForm(t("Edit with Kontext"), on_values, uploads=(0, room),
+                            max_length=self.bot.settings.max_prompt_length, max_results=model.max_outputs)  # fmt: skip
+            await interaction.response.send_modal(form)
 
     async def _menu_submitted(
-        self, interaction: discord.Interaction[Any], values: dict[str, str], *, message_id: int,
+        self, interaction: discord.Interaction[Any], values: FormValues, *, message_id: int,
         images: tuple[ImageRef, ...],
     ) -> None:  # fmt: skip
         async with replying(interaction):
             origin = origin_of(interaction, "context_menu", message_id)
             model = self.launcher.model_for(None, origin)
-            count = parse_count(values["num_images"], t("Number of results"), model.max_outputs)
-            draft = Draft(values["prompt"], images, JobOptions(num_images=count), use_pin=True, model=model.id)
+            count = parse_count(values.num_images, t("Number of results"), model.max_outputs)
+            inputs = (*images, *values.images)
+            draft = Draft(values.prompt, inputs, JobOptions(num_images=count), use_pin=True, model=model.id)
             await self.launcher.from_interaction(interaction, draft, origin)
 
     # --- reaction trigger -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from bot.community import GuildUsage
 from bot.i18n import t, tn
 from bot.jobs import BILLABLE_STATES, Job
 from bot.quota import Limits, UsageSnapshot, day_start, month_start
+from cogs.installs import anywhere
 from cogs.render import model_name, money, price_text
 from cogs.replies import replying, send_ephemeral
 
@@ -29,6 +30,7 @@ class Usage(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
 
+    @anywhere
     @app_commands.command(name="kontext-usage", description="How many images you (and this server) used")
     async def usage(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):

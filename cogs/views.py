@@ -1,10 +1,10 @@
-"""Buttons and modals. Buttons are `DynamicItem`s: their custom_id carries the job id, so they keep
-working after a restart (and in whichever process gets the click); the job behind them is in the store."""
+"""The job buttons. They are `DynamicItem`s: their custom_id carries the job id, so they keep working after a
+restart (and in whichever process gets the click); the job behind them is in the store. The result card
+(`cogs.cards`) shows the result buttons, the status message the Cancel button."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, Self, runtime_checkable
 
 import discord
@@ -18,10 +18,8 @@ __all__ = (
     "CancelButton",
     "EditAgainButton",
     "JobButtonHandler",
-    "PromptModal",
     "RerollButton",
     "UseAsInputButton",
-    "result_view",
     "status_view",
 )
 
@@ -113,44 +111,3 @@ def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
     return view
-
-
-def result_view(job_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    for item in (RerollButton(job_id), EditAgainButton(job_id), UseAsInputButton(job_id)):
-        view.add_item(item)
-    return view
-
-
-SubmitPrompt = Callable[[discord.Interaction[Any], dict[str, str]], Awaitable[None]]
-
-
-class PromptModal(discord.ui.Modal):
-    """Asks for a prompt (and a few options); hands the values to `on_values`."""
-
-    def __init__(self, title: str, on_values: SubmitPrompt, *, default_prompt: str = "", max_length: int = 1500,
-                 image_count: int = 0, max_results: int = 4) -> None:  # fmt: skip
-        super().__init__(title=title[:45], timeout=600)
-        self._on_values = on_values
-        self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label=t("Prompt"), custom_id="prompt", style=discord.TextStyle.paragraph,
-            default=default_prompt[:max_length] or None, max_length=min(max_length, 4000),
-            placeholder=t("What should change? e.g. put the cat from image 2 on a sofa"),
-        )  # fmt: skip
-        self.num_images: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label=t("Number of results (1-{count})", count=max_results), custom_id="num_images", default="1",
-            max_length=1, required=False,
-        )  # fmt: skip
-        self.add_item(self.prompt)
-        self.add_item(self.num_images)
-        self.which: discord.ui.TextInput[PromptModal] | None = None
-        if image_count > 1:
-            self.which = discord.ui.TextInput(label=t("Which result to edit (1-{count})", count=image_count),
-                                              custom_id="which", default="1", max_length=1, required=False)  # fmt: skip
-            self.add_item(self.which)
-
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        values = {"prompt": self.prompt.value, "num_images": self.num_images.value or "1"}
-        if self.which is not None:
-            values["which"] = self.which.value or "1"
-        await self._on_values(interaction, values)

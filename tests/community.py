@@ -44,7 +44,7 @@ def submits(harness: Harness) -> list[Json]:
 
 
 def result_messages(harness: Harness) -> list[Json]:
-    return [m for m in harness.discord.messages.values() if "here is your edit" in m["content"]]
+    return harness.result_messages()
 
 
 async def refused_job(harness: Harness, **options: Any) -> str:

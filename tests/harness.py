@@ -17,12 +17,26 @@ from bot.bot import KontextBot
 from bot.config import Settings
 from bot.jobs import Job
 from bot.store import Store, open_store
-from tests.fakes.fake_discord import FakeDiscord, Recorded, run_client
+from tests.fakes.discord_components import walk
+from tests.fakes.fake_discord import FakeDiscord, Recorded, message_text, run_client
 from tests.fakes.fake_fal import FakeFal
 from tests.fakes.images import make_png
 
 Json = dict[str, Any]
 FINAL_MARKS = ("✅ Done", "❌ ", "🚫 Cancelled")
+RESULT_TEXT = "here is your edit"
+
+__all__ = ("RESULT_TEXT", "ErrorLog", "Harness", "Json", "custom_ids", "gallery_items", "message_text", "running_bot")
+
+
+def custom_ids(message: Json) -> list[str]:
+    """The custom_ids of a message's components, nested ones too (a result card's buttons sit in a container)."""
+    return [c["custom_id"] for c in walk(list(message.get("components") or [])) if "custom_id" in c]
+
+
+def gallery_items(message: Json) -> list[Json]:
+    """The media gallery items of a (Components V2) message, in order."""
+    return [item for c in walk(list(message.get("components") or [])) if c.get("type") == 12 for item in c["items"]]
 
 
 class ErrorLog(logging.Handler):
@@ -71,7 +85,8 @@ class Harness:
 
     @staticmethod
     def _who(options: dict[str, Any]) -> dict[str, Any]:
-        return {key: options.pop(key) for key in ("user_id", "created_at", "channel_id") if key in options}
+        where = ("user_id", "created_at", "channel_id", "user_install", "external_apps")
+        return {key: options.pop(key) for key in where if key in options}
 
     async def event(self, event: str, data: Json) -> None:
         """Dispatch a gateway event and return once the bot received it and its handlers ran to their first
@@ -104,6 +119,10 @@ class Harness:
         """Contents the bot gave one status message, in order: `key` is the interaction token (callback and
         webhook edits) or a channel message id (channel edits)."""
         return [_payload(r)["content"] for r in self.discord.requests if _touches(r, key) and "content" in _payload(r)]
+
+    def result_messages(self) -> list[Json]:
+        """Every result message the bot posted (channel post or followup), oldest first."""
+        return [m for m in self.discord.messages.values() if RESULT_TEXT in message_text(m)]
 
     def ephemeral_replies(self) -> list[str]:
         """Texts only the user saw: ephemeral interaction responses and ephemeral followups, in order."""

@@ -13,7 +13,7 @@ from tests.conftest import StartBot
 from tests.fakes.discord_wire import EVERYONE_PERMS
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import JobScript, Outcome
-from tests.harness import Harness
+from tests.harness import Harness, custom_ids, gallery_items, message_text
 from tests.postgres import Cluster
 
 
@@ -112,8 +112,9 @@ async def test_flagged_results_are_withheld_in_an_nsfw_channel_when_the_server_s
 
         [files] = uploads(harness)
         [message] = result_messages(harness)
-        assert len(files) == 1 and not files[0].startswith("SPOILER_")
-        assert "1 image withheld" in message["content"] and "withhold flagged images everywhere" in message["content"]
+        text = message_text(message)
+        assert len(files) == 1 and [item["spoiler"] for item in gallery_items(message)] == [False]
+        assert "1 image withheld" in text and "withhold flagged images everywhere" in text
 
 
 async def test_flagged_results_are_posted_plainly_where_the_operator_allows_it(
@@ -126,7 +127,8 @@ async def test_flagged_results_are_posted_plainly_where_the_operator_allows_it(
         await delivered(harness, num_images=2, channel_id=fake_discord.nsfw_channel_id)
 
         [files] = uploads(harness)
-        assert len(files) == 2 and not any(name.startswith("SPOILER_") for name in files)
+        [message] = result_messages(harness)
+        assert len(files) == 2 and [item["spoiler"] for item in gallery_items(message)] == [False, False]
 
 
 async def test_a_server_cannot_loosen_the_operators_nsfw_policy(start_bot: StartBot):
@@ -286,9 +288,7 @@ async def test_a_thread_counts_as_its_channel_so_reroll_works_under_a_channel_li
         await admin(harness, "channels", action="add", channel=(CHANNEL, fake_discord.channel_id))
         await delivered(harness)
         [message] = result_messages(harness)
-        [reroll] = [
-            c["custom_id"] for row in message["components"] for c in row["components"] if "reroll" in c["custom_id"]
-        ]
+        [reroll] = [custom_id for custom_id in custom_ids(message) if "reroll" in custom_id]
 
         press = fake_discord.button(reroll, message)  # from the result thread, whose parent is on the list
         await fake_discord.interact(press)

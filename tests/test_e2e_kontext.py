@@ -9,10 +9,10 @@ import pytest
 
 from bot.jobs import JobState
 from tests.conftest import StartBot
-from tests.fakes.fake_discord import Recorded
+from tests.fakes.fake_discord import COMPONENTS_V2, Recorded
 from tests.fakes.fake_fal import JobScript, Outcome
 from tests.fakes.images import padded_png
-from tests.harness import Harness, Json
+from tests.harness import RESULT_TEXT, Harness, Json, custom_ids, gallery_items, message_text
 
 
 def uploads(harness: Harness) -> list[Recorded]:
@@ -20,12 +20,8 @@ def uploads(harness: Harness) -> list[Recorded]:
 
 
 def result_message(harness: Harness, channel_id: int) -> Json:
-    [message] = [m for m in harness.discord.channel_messages(channel_id) if "here is your edit" in m["content"]]
+    [message] = [m for m in harness.discord.channel_messages(channel_id) if RESULT_TEXT in message_text(m)]
     return message
-
-
-def custom_ids(message: Json) -> list[str]:
-    return [c["custom_id"] for row in message["components"] for c in row["components"]]
 
 
 def _original(harness: Harness, payload: Json) -> Json:
@@ -58,6 +54,10 @@ async def test_images_go_from_the_slash_command_to_files_in_a_thread(harness: Ha
     assert [f.data for f in upload.files] == served and len(served) == count == fake_job.num_images
     message = result_message(harness, int(thread["id"]))
     assert custom_ids(message) == [f"kontext:{action}:{job.id}" for action in ("reroll", "edit", "use")]
+    assert message["flags"] & COMPONENTS_V2 and message["content"] == "" and message["embeds"] == []
+    shown = [item["media"]["attachment_id"] for item in gallery_items(message)]  # every file, in the gallery
+    assert shown == [a["id"] for a in message["attachments"]] and len(shown) == count
+    assert harness.discord.undisplayed_attachments[int(message["id"])] == []
     assert upload.json["allowed_mentions"] == {"parse": [], "users": [harness.discord.owner_id]}
     assert job.state is JobState.DELIVERED and f"<#{thread['id']}>" in final
     assert original["components"] == []  # the Cancel button is gone once the job is done
@@ -127,7 +127,6 @@ async def test_only_the_owner_or_a_moderator_may_cancel(harness: Harness):
 
 
 BAD_INPUTS = [
-    pytest.param({"images": []}, "at least one image", id="no-image"),
     pytest.param({"prompt": "   "}, "write a prompt", id="blank-prompt"),
     pytest.param({"prompt": "x" * 1501}, "limit is 1500", id="prompt-too-long"),
     pytest.param({"kind": "text/plain"}, "not a supported image", id="not-an-image"),
@@ -257,7 +256,10 @@ async def test_flagged_images_are_withheld_in_a_normal_channel(harness: Harness)
 
     [upload] = uploads(harness)
     assert len(upload.files) == 1 and not upload.files[0].filename.startswith("SPOILER_")
-    assert "1 image withheld" in upload.json["content"]
+    assert "1 image withheld" in message_text(upload.json)
+    [shown] = gallery_items(upload.json)  # the withheld one is neither uploaded nor shown
+    assert shown == {"media": {"url": f"attachment://{upload.files[0].filename}"}, "description": "make it blue",
+                     "spoiler": False}  # fmt: skip
 
 
 async def test_flagged_images_are_spoilered_in_an_nsfw_channel(harness: Harness):
@@ -267,7 +269,10 @@ async def test_flagged_images_are_spoilered_in_an_nsfw_channel(harness: Harness)
     await harness.final_status(payload["token"])
 
     [upload] = uploads(harness)
-    assert [f.filename.startswith("SPOILER_") for f in upload.files] == [True, False]
+    assert upload.json["flags"] & COMPONENTS_V2
+    items = gallery_items(upload.json)  # the gallery item carries the spoiler, for the flagged image only
+    assert [item["media"]["url"] for item in items] == [f"attachment://{f.filename}" for f in upload.files]
+    assert [item["spoiler"] for item in items] == [True, False]
 
 
 async def test_a_result_over_the_upload_limit_is_linked_instead(harness: Harness):
@@ -278,9 +283,9 @@ async def test_a_result_over_the_upload_limit_is_linked_instead(harness: Harness
     await harness.final_status(payload["token"])
 
     [job] = await harness.finish_jobs()
-    message = next(m for m in harness.discord.messages.values() if "here is your edit" in m["content"])
-    assert message["attachments"] == []
-    assert f"<{job.result.images[0].url}>" in message["content"]  # type: ignore[union-attr]
+    [message] = harness.result_messages()
+    assert message["attachments"] == [] and gallery_items(message) == []
+    assert f"<{job.result.images[0].url}>" in message_text(message)  # type: ignore[union-attr]
     assert job.state is JobState.DELIVERED
 
 
@@ -301,8 +306,8 @@ async def test_mentions_in_the_prompt_never_ping(harness: Harness):
     sent = [r for r in harness.discord.requests if r.method in ("POST", "PATCH") and isinstance(r.json, dict)]
     for rec in sent:
         body = rec.json.get("data", rec.json) if "type" in rec.json else rec.json
-        if "content" in body:
+        if message_text(body):
             assert body["allowed_mentions"]["parse"] == [], rec.path
-    message = next(m for m in harness.discord.messages.values() if "here is your edit" in m["content"])
+    [message] = harness.result_messages()
     assert message["mention_everyone"] is False and message["mention_roles"] == []
     assert [u["id"] for u in message["mentions"]] == [str(harness.discord.owner_id)]

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from bot.community import UserSettings
 from tests.community import command, delivered, personal, result_messages, submits
 from tests.conftest import StartBot
+from tests.fakes.discord_components import walk
 from tests.fakes.fake_discord import FakeDiscord
-from tests.harness import Harness, Json
+from tests.harness import Harness, Json, message_text
 
 
 async def test_personal_defaults_reach_fals_payload_unless_the_command_says_otherwise(harness: Harness):
@@ -72,7 +73,8 @@ async def test_reset_clears_them_and_a_crafted_value_is_refused(harness: Harness
 
 
 def buttons(message: Json) -> dict[str, Json]:
-    return {c["custom_id"]: c for row in message["components"] for c in row["components"]}
+    """A message's buttons by custom_id, nested ones too (a result card's sit in its container)."""
+    return {c["custom_id"]: c for c in walk(list(message.get("components") or [])) if "custom_id" in c}
 
 
 def history_message(harness: Harness) -> Json:
@@ -118,7 +120,7 @@ async def test_history_pages_and_reposts_after_a_restart(start_bot: StartBot, fa
         await press(second, f"kontext-history:repost:{job.id}", older, answered=False)
         await fake_discord.wait_until(lambda: len(result_messages(second)) == 6)
         [repost] = [m for m in result_messages(second) if int(m["channel_id"]) == fake_discord.channel_id]
-        assert "edit number 0" in repost["content"]
+        assert "edit number 0" in message_text(repost)
         assert repost["attachments"] and f"kontext:reroll:{job.id}" in buttons(repost)
 
         await press(second, f"kontext:reroll:{job.id}", repost, answered=False)  # the re-posted buttons work

@@ -10,7 +10,7 @@ from bot.bot import REQUIRED_PERMISSIONS
 from bot.jobs import JobState
 from tests.conftest import StartBot
 from tests.fakes.fake_fal import JobScript
-from tests.harness import Harness, Json
+from tests.harness import RESULT_TEXT, Harness, Json, custom_ids, message_text
 
 
 def submits(harness: Harness) -> list[Json]:
@@ -18,11 +18,11 @@ def submits(harness: Harness) -> list[Json]:
 
 
 def result_messages(harness: Harness) -> list[Json]:
-    return [m for m in harness.discord.messages.values() if "here is your edit" in m["content"]]
+    return [m for m in harness.discord.messages.values() if RESULT_TEXT in message_text(m)]
 
 
 def button(message: Json, action: str) -> str:
-    ids: list[str] = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids = custom_ids(message)
     return next(i for i in ids if i.startswith(f"kontext:{action}:"))
 
 

@@ -14,10 +14,9 @@ import pytest
 from bot.jobs import Job, JobState
 from tests.conftest import StartBot, Trap
 from tests.fakes.fake_fal import JobScript, Outcome
-from tests.harness import Harness, Json
+from tests.harness import RESULT_TEXT, Harness, Json, custom_ids, message_text
 from tests.test_store import SCHEMA_V1, v1_row
 
-RESULT_TEXT = "here is your edit"
 MISSING_ACCESS = {"code": 50001, "message": "Missing Access"}
 
 
@@ -27,11 +26,11 @@ def submits(harness: Harness) -> list[Json]:
 
 def result_posts(harness: Harness, job: Job) -> list[Json]:
     """Every message (channel post or followup) carrying this job's results."""
-    return [m for m in harness.discord.messages.values() if RESULT_TEXT in m["content"] and job.id in str(m)]
+    return [m for m in harness.discord.messages.values() if RESULT_TEXT in message_text(m) and job.id in str(m)]
 
 
 def button(message: Json, action: str) -> str:
-    ids: list[str] = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids = custom_ids(message)
     return next(i for i in ids if i.startswith(f"kontext:{action}:"))
 
 
@@ -254,7 +253,7 @@ async def test_an_old_database_is_migrated_and_its_job_delivered_on_the_new_base
 
     async with start_bot() as harness:
         harness.fal.release(request_id)
-        await harness.discord.wait_until(lambda: any(RESULT_TEXT in m["content"] for m in
+        await harness.discord.wait_until(lambda: any(RESULT_TEXT in message_text(m) for m in
                                                      harness.discord.messages.values()), 10)  # fmt: skip
         [job] = [j for j in await harness.finish_jobs() if j.id == "c" * 32]
 

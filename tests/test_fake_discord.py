@@ -1125,6 +1125,21 @@ async def test_components_v2_messages_are_validated_and_stored(fake: FakeDiscord
     assert status == 200
 
 
+async def test_text_displays_mention_as_content_does_within_allowed_mentions(fake: FakeDiscord, bot: TinyBot) -> None:
+    """reference.mdx "Text Display": pingable mentions in it ping, per the message's allowed_mentions."""
+    text = f"<@{fake.owner_id}> and <@{fake.other_user_id}> @everyone"
+    body = {"flags": COMPONENTS_V2, "components": [{"type": 17, "components": [{"type": 10, "content": text}]}]}
+    path = f"/channels/{fake.channel_id}/messages"
+
+    _, everyone = await raw_request(fake, "POST", path, json=body)
+    only_owner = {**body, "allowed_mentions": {"parse": [], "users": [str(fake.owner_id)]}}
+    _, owner = await raw_request(fake, "POST", path, json=only_owner)
+
+    assert {u["id"] for u in everyone["mentions"]} == {str(fake.owner_id), str(fake.other_user_id)}
+    assert everyone["mention_everyone"] is True
+    assert [u["id"] for u in owner["mentions"]] == [str(fake.owner_id)] and owner["mention_everyone"] is False
+
+
 async def test_components_v2_flag_is_set_once_and_never_removed(fake: FakeDiscord, bot: TinyBot) -> None:
     channel = text_channel(bot, fake)
     v2 = discord.ui.LayoutView()

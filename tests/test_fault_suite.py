@@ -27,14 +27,13 @@ from tests.conftest import StartBot, Trap
 from tests.fakes.fake_discord import FakeDiscord, Recorded
 from tests.fakes.fake_fal import JobScript, Outcome
 from tests.fakes.images import make_png, padded_png
-from tests.harness import Harness, Json
+from tests.harness import RESULT_TEXT, Harness, Json, custom_ids, message_text
 
 PNG = make_png(32, 32)
 MIB = 1024 * 1024
 OWNER = FakeDiscord.owner_id
 OTHER = FakeDiscord.other_user_id
 MOD_ROLE = FakeDiscord.mod_role_id
-RESULT_TEXT = "here is your edit"
 UNEXPECTED = "The image service sent something unexpected"
 
 
@@ -52,7 +51,7 @@ def uploads(harness: Harness) -> list[Recorded]:
 
 
 def result_messages(harness: Harness) -> list[Json]:
-    return [m for m in harness.discord.messages.values() if RESULT_TEXT in m["content"]]
+    return [m for m in harness.discord.messages.values() if RESULT_TEXT in message_text(m)]
 
 
 def public_messages(harness: Harness) -> list[Json]:
@@ -60,7 +59,7 @@ def public_messages(harness: Harness) -> list[Json]:
 
 
 def custom_id(message: Json, action: str) -> str:
-    ids = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids = custom_ids(message)
     return str(next(i for i in ids if i.startswith(f"kontext:{action}:")))
 
 
@@ -81,7 +80,7 @@ def assert_never_pings(harness: Harness, users: frozenset[int] = frozenset({OWNE
     checked = 0
     for rec in harness.discord.requests:
         body = _body(rec)
-        if rec.method not in ("POST", "PATCH") or "content" not in body:
+        if rec.method not in ("POST", "PATCH") or ("content" not in body and not message_text(body)):
             continue
         checked += 1
         allowed = body.get("allowed_mentions")
@@ -124,7 +123,7 @@ async def delivered(harness: Harness, key: str | int) -> Job:
     assert len(harness.fal.jobs) == 1, "exactly one job was accepted (and paid) at fal"
     [message] = result_messages(harness)
     assert job.id in str(message["components"])
-    posted = [r for r in harness.discord.requests if r.method == "POST" and RESULT_TEXT in str(_body(r).get("content"))]
+    posted = [r for r in harness.discord.requests if r.method == "POST" and RESULT_TEXT in message_text(_body(r))]
     assert [r.status for r in posted][-1:] == [200] and len(result_messages(harness)) == 1
     assert_never_pings(harness)
     return job
@@ -423,7 +422,7 @@ async def test_mentions_of_every_kind_in_the_prompt_never_ping_anyone(harness: H
     await delivered(harness, payload["token"])
 
     assert submits(harness)[0]["prompt"] == prompt  # fal gets the prompt as written
-    echoes = [m["content"] for m in harness.discord.messages.values()]
+    echoes = [message_text(m) for m in harness.discord.messages.values()]
     assert len(echoes) >= 2
     for content in echoes:
         assert "@everyone" not in content and "@here" not in content, content  # defused in the text as well
@@ -440,7 +439,7 @@ async def test_markdown_backticks_and_newlines_stay_inside_the_quoted_prompt(har
     assert submits(harness)[0]["prompt"] == prompt
     [result] = result_messages(harness)
     final = harness.status_texts(payload["token"])[-1]
-    for content in (result["content"], final):
+    for content in (message_text(result), final):
         quoted = [line for line in content.splitlines() if line.startswith("> ")]
         assert len(quoted) == len(prompt.splitlines()), content  # each prompt line stays a quote line
         text = "\n".join(quoted)
@@ -563,7 +562,7 @@ async def test_a_result_over_the_guild_upload_limit_is_linked_from_the_reaction_
 
     [message] = result_messages(harness)
     assert message["attachments"] == []
-    assert f"<{job.result.images[0].url}>" in message["content"]  # type: ignore[union-attr]
+    assert f"<{job.result.images[0].url}>" in message_text(message)  # type: ignore[union-attr]
     assert not any(r.status == 413 for r in harness.discord.requests)  # never tried to upload it
 
 

@@ -16,7 +16,7 @@ from bot.bot import bot_intents
 from bot.store import SCHEMA_VERSION
 from cogs.delivery import thread_name
 from tests.conftest import DISCORD_TOKEN, FAL_KEY, StartBot
-from tests.harness import Harness, Json
+from tests.harness import Harness, Json, custom_ids, message_text
 
 QUESTION = "what should I do"
 
@@ -26,7 +26,7 @@ def submits(harness: Harness) -> list[Json]:
 
 
 def button(message: Json, action: str) -> str:
-    ids: list[str] = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids = custom_ids(message)
     return next(i for i in ids if i.startswith(f"kontext:{action}:"))
 
 
@@ -42,7 +42,7 @@ async def delivered_result(harness: Harness, prompt: str = "make it blue") -> Js
     payload = await harness.kontext(prompt)
     assert "✅ Done" in await harness.final_status(payload["token"])
     await harness.finish_jobs()
-    [message] = [m for m in harness.discord.messages.values() if "here is your edit" in m["content"]]
+    [message] = harness.result_messages()
     return message
 
 
@@ -175,7 +175,7 @@ async def test_an_echoed_prompt_shows_no_link_previews_and_no_reordering(harness
     result = await delivered_result(harness, prompt)
 
     assert submits(harness)[0]["prompt"] == "make it like https://example.com/look.png evil please"
-    assert "\u202e" not in result["content"] and result["flags"] & 4  # SUPPRESS_EMBEDS
+    assert "\u202e" not in message_text(result) and result["flags"] & 4  # SUPPRESS_EMBEDS
     status = next(m for m in harness.discord.messages.values() if m.get("interaction_metadata"))
     assert status["flags"] & 4
 

@@ -17,7 +17,7 @@ from bot.fal.registry import FLUX_2_PRO_EDIT, KONTEXT_MAX_MULTI, KONTEXT_PRO_MUL
 from bot.jobs import JobState
 from tests.conftest import DISCORD_TOKEN, FAL_KEY, StartBot
 from tests.fakes.fake_fal import SCHEMAS, FakeFal, JobScript, schema_of, validate_input
-from tests.harness import Harness, Json
+from tests.harness import RESULT_TEXT, Harness, Json, custom_ids, message_text
 
 URL = "https://cdn.example/in.png"
 KONTEXT_OPTIONS = {"guidance_scale": 4.5, "num_images": 2, "output_format": "png", "safety_tolerance": "3",
@@ -63,11 +63,11 @@ def submit_paths(harness: Harness) -> list[str]:
 
 
 def result_messages(harness: Harness) -> list[Json]:
-    return [m for m in harness.discord.messages.values() if "here is your edit" in m["content"]]
+    return [m for m in harness.discord.messages.values() if RESULT_TEXT in message_text(m)]
 
 
 def button(message: Json, action: str) -> str:
-    ids: list[str] = [c["custom_id"] for row in message["components"] for c in row["components"]]
+    ids = custom_ids(message)
     return next(i for i in ids if i.startswith(f"kontext:{action}:"))
 
 
@@ -100,7 +100,7 @@ async def test_each_model_gets_exactly_the_body_it_takes_and_its_output_is_deliv
     assert job.result.has_nsfw_concepts == ((False,) * results if model.nsfw_flags else ())
     assert f"**{model.name}** for <@" in final and f"est. {cost}" in final and "✅ Done" in final
     [message] = result_messages(harness)
-    assert f"· {model.name} · seed `11` · est. {cost}" in message["content"]
+    assert f"· {model.name} · seed `11` · est. {cost}" in message_text(message)
     assert len(message["attachments"]) == results
 
 
@@ -369,7 +369,8 @@ async def test_a_job_stored_before_the_registry_resumes_as_kontext_max_multi(sta
         await harness.finish_jobs()
 
         assert job.state is JobState.DELIVERED and job.model is KONTEXT_MAX_MULTI
-        assert "· FLUX.1 Kontext [max] multi · seed" in message["content"] and "est. $0.16" in message["content"]
+        text = message_text(message)
+        assert "· FLUX.1 Kontext [max] multi · seed" in text and "est. $0.16" in text
         assert job.status_message_id is not None  # resumed, the status is edited as a channel message
         assert "**FLUX.1 Kontext [max] multi**" in harness.status_texts(job.status_message_id)[-1]
         reroll = submits(harness)[-1]  # the one before is the first run's

@@ -13,7 +13,7 @@ from tests.bot_process import BotProcess, bot_environment
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import FakeFal, JobScript
 from tests.fakes.images import make_png
-from tests.harness import Json
+from tests.harness import RESULT_TEXT, Json, custom_ids, message_text
 
 StartProcess = Callable[[], BotProcess]
 
@@ -46,7 +46,7 @@ async def run_kontext(discord: FakeDiscord) -> Json:
 
 
 def result_messages(discord: FakeDiscord) -> list[Json]:
-    return [m for m in discord.messages.values() if "here is your edit" in m["content"]]
+    return [m for m in discord.messages.values() if RESULT_TEXT in message_text(m)]
 
 
 async def stored_jobs(path: Path) -> list[Job]:
@@ -137,8 +137,8 @@ async def test_killed_mid_delivery_inside_the_result_thread_posts_once(
 
     fake_discord.delay_next("POST", rf"/channels/{thread_id}/messages", 60)  # stored at once, answered late
     if second == "reroll":
-        reroll = next(c["custom_id"] for row in result["components"] for c in row["components"]
-                      if c["custom_id"].startswith("kontext:reroll:"))  # fmt: skip
+        reroll = next(i for i in custom_ids(result)
+                      if i.startswith("kontext:reroll:"))  # fmt: skip
         await fake_discord.interact(fake_discord.button(reroll, result))
     else:
         await _kontext_in(fake_discord, thread_id)

@@ -19,7 +19,7 @@ from tests.bot_process import BotProcess, bot_environment
 from tests.fakes.fake_discord import FakeDiscord, FakeGuild
 from tests.fakes.fake_fal import FakeFal, JobScript
 from tests.fakes.images import make_png
-from tests.harness import Json
+from tests.harness import RESULT_TEXT, Json, custom_ids, message_text
 
 StartShard = Callable[..., Awaitable[BotProcess]]
 DONE = "✅ Done"
@@ -69,7 +69,7 @@ async def interact_all(discord: FakeDiscord, payloads: list[Json]) -> None:
 
 
 def result_messages(discord: FakeDiscord) -> list[Json]:
-    return [m for m in discord.messages.values() if "here is your edit" in m["content"]]
+    return [m for m in discord.messages.values() if RESULT_TEXT in message_text(m)]
 
 
 def done_count(discord: FakeDiscord) -> int:
@@ -199,8 +199,8 @@ async def test_a_button_works_in_whichever_process_runs_its_guild_now(
     shard1 = await start_shard(1)
 
     [result] = result_messages(fake_discord)
-    reroll = next(c["custom_id"] for row in result["components"] for c in row["components"]
-                  if c["custom_id"].startswith("kontext:reroll:"))  # fmt: skip
+    reroll = next(i for i in custom_ids(result)
+                  if i.startswith("kontext:reroll:"))  # fmt: skip
     await fake_discord.interact(fake_discord.button(reroll, result))
     await fake_discord.wait_until(lambda: len(result_messages(fake_discord)) == 2, timeout=15, what="the reroll")
 

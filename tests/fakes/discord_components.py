@@ -208,6 +208,13 @@ def walk(components: list[Json]) -> Iterator[Json]:
                 yield from walk([component[key]])
 
 
+def message_text(message: Json) -> str:
+    """What a message (or a message payload) says: its ``content``, then every Text Display of its components
+    (Components V2), one per line. Text Displays mention and ping like content (reference.mdx "Text Display")."""
+    texts = [str(c["content"]) for c in walk(list(message.get("components") or [])) if c.get("type") == TEXT_DISPLAY]
+    return "\n".join(text for text in [str(message.get("content") or ""), *texts] if text)
+
+
 def resolve_v2(components: list[Json], attachments: Mapping[str, Json]) -> list[Json]:
     """What Discord stores for a V2 tree: ``attachment://`` media become the attachment's unfurled media item
     (CDN ``url``, ``proxy_url``, size, ``content_type``, ``attachment_id``), File components get ``name`` and

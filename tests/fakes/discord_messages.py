@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from tests.fakes.discord_components import check_message_components, resolve_v2, walk
+from tests.fakes.discord_components import check_message_components, message_text, resolve_v2, walk
 from tests.fakes.discord_wire import (
     COMPONENTS_V2,
     EPHEMERAL,
@@ -187,11 +187,11 @@ class MessageStore:
             embeds=[{"type": "rich", **e} for e in payload.get("embeds") or []],
             flags=flags,
             attachments=self.attachments(channel_id, payload, files, []),
-            **self.mentions(content, payload.get("allowed_mentions")),
         )
         if payload.get("message_reference"):
             message.update(self.reply_fields(channel_id, payload["message_reference"]))
         self._set_components(message, payload, v2_request=bool(flags & COMPONENTS_V2))
+        message.update(self.mentions(message_text(message), payload.get("allowed_mentions")))
         if not message["flags"] & LOADING:
             validate_message(message)
         self.store(message, by_bot=True)
@@ -203,7 +203,6 @@ class MessageStore:
         edited = {**message, "edited_timestamp": iso(), "flags": message["flags"] & ~LOADING}
         if "content" in payload:
             edited["content"] = str(payload["content"] or "")
-            edited.update(self.mentions(edited["content"], payload.get("allowed_mentions")))
         if "embeds" in payload:
             edited["embeds"] = [{"type": "rich", **e} for e in payload["embeds"] or []]
         if payload.get("flags") is not None:
@@ -214,6 +213,8 @@ class MessageStore:
         if "attachments" in payload or files:
             edited["attachments"] = self.attachments(int(message["channel_id"]), payload, files, message["attachments"])
         self._set_components(edited, payload, v2_request=bool(edited["flags"] & COMPONENTS_V2))
+        if "content" in payload or ("components" in payload and edited["flags"] & COMPONENTS_V2):
+            edited.update(self.mentions(message_text(edited), payload.get("allowed_mentions")))
         validate_message(edited)
         self.store(edited, by_bot=True)
         await self._announce("MESSAGE_UPDATE", edited)

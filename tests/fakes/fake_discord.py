@@ -32,7 +32,7 @@ import pytest
 import yarl
 from aiohttp import web
 
-from tests.fakes.discord_components import modal_submission
+from tests.fakes.discord_components import message_text, modal_submission
 from tests.fakes.discord_gateway import Gateway
 from tests.fakes.discord_interactions import Interactions, Where
 from tests.fakes.discord_messages import MessageStore
@@ -77,6 +77,7 @@ __all__ = (
     "Recorded",
     "UploadedFile",
     "Where",
+    "message_text",
     "run_client",
 )
 
