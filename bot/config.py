@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     poll_max_interval_seconds: float = Field(default=10.0, gt=0)
     use_status_stream: bool = True
-    max_status_streams: int = Field(default=1000, ge=0)  # each open stream holds a connection; the rest poll
+    max_status_streams: int = Field(default=5000, ge=0)  # each open stream holds a connection; the rest poll
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     submit_timeout_seconds: float = Field(default=60.0, gt=0)
     job_timeout_seconds: float = Field(default=1800.0, gt=0)
