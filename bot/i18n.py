@@ -158,6 +158,6 @@ def N_(message: str, /) -> str:  # gettext's name for "mark for translation, tra
 
 
 def Np_(context: str, message: str, /) -> str:
-    """Marks a text of a context for the catalog: `Np_(COMMAND...)` is not extracted, so write the context out:
-    `Np_("command", "show")` for a command's or option's name (`bot.translator` translates it)."""
+    """Marks a text of a context for the catalog, e.g. `Np_("command", "show")`: a command's or option's name, which
+    `bot.translator` translates. Write the context as a literal (the extractor reads it; `COMMAND` it can't)."""
     return message

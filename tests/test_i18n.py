@@ -30,7 +30,7 @@ from bot.translator import Location, localized, valid_localization
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "i18n.sh"
-Key = tuple[str | None, str | tuple[str, ...]]  # (msgctxt, msgid or (singular, plural))
+Key = tuple[str | None, object]  # (msgctxt, msgid or (singular, plural))
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +135,11 @@ def test_command_name_translations_follow_discords_rules(name: str):
 
 
 def _ids(message: Message) -> tuple[str, ...]:
-    return message.id if isinstance(message.id, tuple) else (message.id,)
+    return tuple(message.id) if isinstance(message.id, tuple | list) else (message.id,)
 
 
 def _strings(message: Message) -> tuple[str, ...]:
-    return message.string if isinstance(message.string, tuple) else (message.string,)
+    return tuple(message.string) if isinstance(message.string, tuple | list) else (message.string or "",)
 
 
 # --- the layer ------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ async def test_the_locale_follows_each_task():
             await asyncio.sleep(0.01)
             return t("Reroll")
 
-    assert await asyncio.gather(text("zh-CN"), text("en-US"), text("zh-CN")) == ["重新生成", "Reroll", "重新生成"]
+    assert list(await asyncio.gather(text("zh-CN"), text("en-US"), text("zh-CN"))) == ["重新生成", "Reroll", "重新生成"]
 
 
 def _compiled(*messages: Message) -> gettext.GNUTranslations:
