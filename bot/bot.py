@@ -15,10 +15,12 @@ from discord.ext import commands
 from bot.community import GuildSettingsCache, UserSettingsCache
 from bot.config import Settings
 from bot.fal import FalClient
+from bot.i18n import preload
 from bot.jobs import JobRunner
 from bot.metrics import Metrics, ObservedFal
 from bot.overload import LoadGuard, LoopMonitor
 from bot.store import Store
+from bot.translator import CatalogTranslator
 
 __all__ = ("REQUIRED_PERMISSIONS", "KontextBot", "invite_url")
 
@@ -158,12 +160,19 @@ class KontextBot(commands.AutoShardedBot):
         for name in RATE_LIMIT_LOGGERS:
             logging.getLogger(name).addFilter(self._rate_limits)
         sweep_rate_limits_rarely(self.http)
+        await self._set_translator()
         for extension in EXTENSIONS:
             if extension not in self.extensions:  # a login retried after a network error runs this again
                 await self.load_extension(extension)
         await self._sync_commands()
         if self.application_id:
             log.info("invite the bot with: %s", invite_url(self.application_id))
+
+    async def _set_translator(self) -> None:
+        """The catalogs, read now; the commands' localizations come from them when they are synced."""
+        if self.tree.translator is None:  # a login retried after a network error runs setup_hook again
+            log.info("read %d message catalog(s)", await asyncio.to_thread(preload))
+            await self.tree.set_translator(CatalogTranslator())
 
     async def _sync_commands(self) -> None:
         if self.settings.shards is not None and 0 not in self.settings.shards.ids:

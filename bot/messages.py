@@ -67,5 +67,5 @@ def _issue_text(error: FalValidationError | FalRequestFailed) -> str:
     for kind in error.error_types:
         if kind in _ISSUE_TEXT:
             return t(_ISSUE_TEXT[kind])
-    summary = error.summary.strip() or f"error {error.status}"
+    summary = error.summary.strip() or t("error {status}", status=error.status)
     return t("Sorry, the image service refused the request: {reason}", reason=summary[:300])

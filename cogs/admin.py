@@ -27,7 +27,7 @@ from discord.ext import commands
 from bot.community import SETTING_NAMES, GuildSettings, SettingChange, bounds
 from bot.config import NsfwPolicy
 from bot.fal import MODELS
-from bot.i18n import t
+from bot.i18n import N_, Np_, t
 from bot.quota import month_start
 from cogs.admin_texts import LABELS, NSFW_LABELS, change_lines, label, show_lines, value_text
 from cogs.render import money
@@ -45,7 +45,8 @@ MAX_LISTED = 25  # channels or roles in one server's list
 Choice = app_commands.Choice
 Updates = dict[str, Any]
 Proposal = Callable[[GuildSettings], Updates]
-ACTIONS = [Choice(name="add", value="add"), Choice(name="remove", value="remove")]
+ACTIONS = [Choice(name=N_("add"), value="add"), Choice(name=N_("remove"), value="remove")]
+ACTION_TEXT = N_("Add or remove")
 
 
 def require_manage_server(interaction: discord.Interaction[Any]) -> int:
@@ -61,7 +62,7 @@ def require_manage_server(interaction: discord.Interaction[Any]) -> int:
 
 class ServerAdmin(commands.Cog):
     admin = app_commands.Group(
-        name="kontext-admin", description="This server's settings for the bot (Manage Server)",
+        name=Np_("command", "kontext-admin"), description=N_("This server's settings for the bot (Manage Server)"),
         default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
         allowed_contexts=app_commands.AppCommandContext(guild=True),
         allowed_installs=app_commands.AppInstallationType(guild=True),
@@ -78,7 +79,7 @@ class ServerAdmin(commands.Cog):
 
     # --- reading ----------------------------------------------------------------------------------
 
-    @admin.command(name="show", description="The settings in force here, and where each comes from")
+    @admin.command(name=Np_("command", "show"), description=N_("The settings in force here, and where each comes from"))
     async def show(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
             guild_id = require_manage_server(interaction)
@@ -91,7 +92,7 @@ class ServerAdmin(commands.Cog):
                       *change_lines(changes, self.settings)]  # fmt: skip
             await send_ephemeral(interaction, "\n".join(lines))
 
-    @admin.command(name="changes", description="Who changed which setting, when, from what to what")
+    @admin.command(name=Np_("command", "changes"), description=N_("Who changed which setting, when, from what to what"))
     async def changes(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
             guild_id = require_manage_server(interaction)
@@ -102,24 +103,42 @@ class ServerAdmin(commands.Cog):
 
     # --- where and who --------------------------------------------------------------------------------
 
-    @admin.command(name="channels", description="Add or remove a channel where I work (none listed: everywhere)")
+    @admin.command(
+        name=Np_("command", "channels"),
+        description=N_("Add or remove a channel where I work (none listed: everywhere)"),
+    )
+    @app_commands.rename(action=Np_("command", "action"), channel=Np_("command", "channel"))
+    @app_commands.describe(action=ACTION_TEXT, channel=N_("A channel of this server"))
     @app_commands.choices(action=ACTIONS)
     async def channels(
         self, interaction: discord.Interaction[Any], action: str, channel: app_commands.AppCommandChannel
     ) -> None:
         await self._update(interaction, lambda old: {"channel_ids": _listed("channel_ids", old, action, channel.id)})
 
-    @admin.command(name="roles", description="Add or remove a role whose members may use me (none listed: everyone)")
+    @admin.command(
+        name=Np_("command", "roles"),
+        description=N_("Add or remove a role whose members may use me (none listed: everyone)"),
+    )
+    @app_commands.rename(action=Np_("command", "action"), role=Np_("command", "role"))
+    @app_commands.describe(action=ACTION_TEXT, role=N_("A role of this server"))
     @app_commands.choices(action=ACTIONS)
     async def roles(self, interaction: discord.Interaction[Any], action: str, role: discord.Role) -> None:
         await self._update(interaction, lambda old: {"role_ids": _listed("role_ids", old, action, role.id)})
 
     # --- limits -----------------------------------------------------------------------------------------
 
-    @admin.command(name="limits", description="Images per day (server, member) and the cooldown, within the operator's")
+    @admin.command(
+        name=Np_("command", "limits"),
+        description=N_("Images per day (server, member) and the cooldown, within the operator's"),
+    )
+    @app_commands.rename(
+        daily_server=Np_("command", "daily_server"), daily_member=Np_("command", "daily_member"),
+        cooldown_seconds=Np_("command", "cooldown_seconds"),
+    )  # fmt: skip
     @app_commands.describe(
-        daily_server="Images per day for the whole server", daily_member="Images per day for each member, here",
-        cooldown_seconds="Seconds between two jobs of a member",
+        daily_server=N_("Images per day for the whole server"),
+        daily_member=N_("Images per day for each member, here"),
+        cooldown_seconds=N_("Seconds between two jobs of a member"),
     )  # fmt: skip
     async def limits(
         self, interaction: discord.Interaction[Any], daily_server: int | None = None, daily_member: int | None = None,
@@ -129,23 +148,41 @@ class ServerAdmin(commands.Cog):
                  "cooldown_seconds": cooldown_seconds}  # fmt: skip
         await self._update(interaction, lambda old: self._numbers({k: v for k, v in given.items() if v is not None}))
 
-    @admin.command(name="safety", description="The highest safety_tolerance a job may ask for (1 is the strictest)")
+    @admin.command(
+        name=Np_("command", "safety"),
+        description=N_("The highest safety_tolerance a job may ask for (1 is the strictest)"),
+    )
+    @app_commands.rename(max_tolerance=Np_("command", "max_tolerance"))
+    @app_commands.describe(max_tolerance=N_("1 is the strictest; at most the bot operator's limit"))
     async def safety(self, interaction: discord.Interaction[Any], max_tolerance: int) -> None:
         await self._update(interaction, lambda old: self._numbers({"max_safety_tolerance": max_tolerance}))
 
-    @admin.command(name="budget", description="What this server may spend per month (UTC), in US dollars")
+    @admin.command(
+        name=Np_("command", "budget"), description=N_("What this server may spend per month (UTC), in US dollars")
+    )
+    @app_commands.rename(usd=Np_("command", "usd"))
+    @app_commands.describe(usd=N_("US dollars per month, e.g. 20; at most the bot operator's limit"))
     async def budget(self, interaction: discord.Interaction[Any], usd: float) -> None:
         amount = Decimal(str(round(usd, 2))) if usd == usd else Decimal(-1)  # NaN is no amount
         await self._update(interaction, lambda old: self._numbers({"monthly_budget_usd": amount}))
 
     # --- results, trigger, models --------------------------------------------------------------------------
 
-    @admin.command(name="nsfw", description="What happens to results the safety filter flags as NSFW")
+    @admin.command(
+        name=Np_("command", "nsfw"), description=N_("What happens to results the safety filter flags as NSFW")
+    )
+    @app_commands.rename(policy=Np_("command", "policy"))
+    @app_commands.describe(policy=N_("Where flagged results are shown, and how"))
     @app_commands.choices(policy=[Choice(name=label_, value=p.value) for p, label_ in NSFW_LABELS.items()])
     async def nsfw(self, interaction: discord.Interaction[Any], policy: str) -> None:
         await self._update(interaction, lambda old: {"nsfw_policy": self._nsfw(policy)})
 
-    @admin.command(name="reaction", description="The reaction trigger: on or off, and its emoji")
+    @admin.command(name=Np_("command", "reaction"), description=N_("The reaction trigger: on or off, and its emoji"))
+    @app_commands.rename(enabled=Np_("command", "enabled"), emoji=Np_("command", "emoji"))
+    @app_commands.describe(
+        enabled=N_("Whether reacting to a message with images starts an edit"),
+        emoji=N_("The emoji that starts an edit, e.g. 🎨 or a custom emoji of this server"),
+    )
     async def reaction(
         self, interaction: discord.Interaction[Any], enabled: bool | None = None, emoji: str | None = None
     ) -> None:
@@ -154,12 +191,19 @@ class ServerAdmin(commands.Cog):
             interaction, lambda old: updates | ({} if emoji is None else {"trigger_emoji": _emoji(emoji)})
         )
 
-    @admin.command(name="models", description="Allow or disallow a model here (none disallowed: all the bot offers)")
+    @admin.command(
+        name=Np_("command", "models"),
+        description=N_("Allow or disallow a model here (none disallowed: all the bot offers)"),
+    )
+    @app_commands.rename(action=Np_("command", "action"), model=Np_("command", "model"))
+    @app_commands.describe(action=N_("Allow (add) or disallow (remove)"), model=N_("One of the models the bot offers"))
     @app_commands.choices(action=ACTIONS, model=[Choice(name=m.name, value=m.id) for m in MODELS])
     async def models(self, interaction: discord.Interaction[Any], action: str, model: str) -> None:
         await self._update(interaction, lambda old: {"model_ids": self._models(old, action, model)})
 
-    @admin.command(name="reset", description="Put one setting back to the operator's default")
+    @admin.command(name=Np_("command", "reset"), description=N_("Put one setting back to the operator's default"))
+    @app_commands.rename(setting=Np_("command", "setting"))
+    @app_commands.describe(setting=N_("The setting to put back"))
     @app_commands.choices(setting=[Choice(name=text, value=name) for name, text in LABELS.items()])
     async def reset(self, interaction: discord.Interaction[Any], setting: str) -> None:
         await self._update(interaction, lambda old: _default_of(setting))

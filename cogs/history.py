@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.fal import FalError
-from bot.i18n import t
+from bot.i18n import N_, Np_, t
 from bot.jobs import BILLABLE_STATES, Job, JobState, ResultImage
 from cogs.cards import card_files, result_card
 from cogs.delivery import plan_uploads
@@ -95,7 +95,10 @@ class History(commands.Cog):
         self.bot.remove_dynamic_items(HistoryButton)
 
     @anywhere
-    @app_commands.command(name="kontext-history", description="Your recent edits: post one again, reuse or delete it")
+    @app_commands.command(
+        name=Np_("command", "kontext-history"),
+        description=N_("Your recent edits: post one again, reuse or delete it"),
+    )
     async def history(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)

@@ -18,7 +18,7 @@ from yarl import URL
 
 from bot.config import Settings
 from bot.fal import MODELS, EditRequest, ModelSpec, Problem, option_choices, option_span
-from bot.i18n import t, tn
+from bot.i18n import COMMAND, t, tn, tp
 from cogs.replies import UserFacingError
 
 __all__ = (
@@ -117,7 +117,7 @@ def build_request(
                               image_pixels=tuple(image.pixels for image in images), **values)  # fmt: skip
     except ValidationError as exc:
         field = str(exc.errors(include_url=False)[0]["loc"][0])
-        raise UserFacingError(t("The option {name} is not valid.", name=field)) from None
+        raise UserFacingError(t("The option {name} is not valid.", name=tp(COMMAND, field))) from None
     check_fits(request, model)
     return request
 
@@ -143,12 +143,12 @@ def problem_text(problem: Problem, inputs: int, outputs: int = 1) -> str:
         return t("For {model}, num_images must be from 1 to {high}.", model=model, high=problem.model.max_outputs)
     if option is None:
         return t("{model} has no {option} option; leave it out or choose another model.", model=model,
-                 option=problem.name)  # fmt: skip
+                 option=tp(COMMAND, problem.name))  # fmt: skip
     if option.span is not None:
         low, high = (_number(value) for value in option.span)
-        return t("For {model}, {option} must be from {low} to {high}.", model=model, option=option.name, low=low,
-                 high=high)  # fmt: skip
-    return t("For {model}, {option} must be one of {choices}.", model=model, option=option.name,
+        return t("For {model}, {option} must be from {low} to {high}.", model=model, option=tp(COMMAND, option.name),
+                 low=low, high=high)  # fmt: skip
+    return t("For {model}, {option} must be one of {choices}.", model=model, option=tp(COMMAND, option.name),
              choices=", ".join(option.choices))  # fmt: skip
 
 
@@ -235,5 +235,13 @@ def _pixels(width: int | None, height: int | None) -> int | None:
 
 def _sizes(size: int, limit: int) -> tuple[str, str]:
     """Both sizes in MiB, or in bytes when MiB would make them look the same."""
-    shown = f"{size / 2**20:.1f} MiB", f"{limit / 2**20:.1f} MiB"
-    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,} bytes")
+    shown = _mebibytes(size), _mebibytes(limit)
+    return shown if shown[0] != shown[1] else (_bytes(size), _bytes(limit))
+
+
+def _mebibytes(size: int) -> str:
+    return t("{amount} MiB", amount=format(size / 2**20, ".1f"))
+
+
+def _bytes(size: int) -> str:
+    return tn("{amount} byte", "{amount} bytes", size, amount=format(size, ","))

@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 import discord
 from discord import app_commands
 
-from bot.i18n import t
+from bot.i18n import t, using_locale
 from cogs.status import TOKEN_MARGIN, InteractionTarget
 
 __all__ = ("FOLLOWUP_CAP", "Reach", "TokenTarget", "anywhere")
@@ -58,13 +58,19 @@ class TokenTarget(InteractionTarget):
         self._token_end = interaction.expires_at
 
     def text(self, content: str, *, running: bool = True) -> str:
+        """`content` with the notes this place needs, in the language of the user who asked (the job's)."""
+        with using_locale(str(self.interaction.locale)):
+            notes = self._notes(running=running)
+        return "\n".join([content, *(f"-# {note}" for note in notes)])
+
+    def _notes(self, *, running: bool) -> list[str]:
         notes = []
         if self.reach.ephemeral:
             notes.append(t("👁️ Only you can see this: this server lets apps it hasn't added answer only privately."))
         if running and not self.reach.channel and datetime.now(UTC) >= self._token_end - TOKEN_MARGIN:
             notes.append(t("⌛ Discord lets me answer here only until <t:{time}:t>; if the job takes longer, I can't "
                            "post its results.", time=int(self._token_end.timestamp())))  # fmt: skip
-        return "\n".join([content, *(f"-# {note}" for note in notes)])
+        return notes
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
         await super().edit(self.text(content, running=view is not None), view)  # the Cancel button: still running

@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot.community import UserSettings
 from bot.fal import ModelSpec, find_model
-from bot.i18n import t
+from bot.i18n import N_, Np_, t
 from cogs.inputs import ASPECT_RATIOS, NUM_IMAGES, OUTPUT_FORMATS
 from cogs.installs import anywhere
 from cogs.replies import UserFacingError, replying, send_ephemeral
@@ -35,9 +35,13 @@ Choice = app_commands.Choice
 Given = dict[str, Any]
 Run = Callable[[discord.Interaction[Any], Given, bool], Coroutine[Any, Any, None]]
 DESCRIBE = {
-    "aspect_ratio": "Your default aspect ratio", "output_format": "Your default file format",
-    "num_images": "Your default number of results (0: the model's default)",
-    "model": "Your default model", "reset": "Clear all your defaults first",
+    "aspect_ratio": N_("Your default aspect ratio"), "output_format": N_("Your default file format"),
+    "num_images": N_("Your default number of results (0: the model's default)"),
+    "model": N_("Your default model"), "reset": N_("Clear all your defaults first"),
+}  # fmt: skip
+NAMES = {
+    "aspect_ratio": Np_("command", "aspect_ratio"), "output_format": Np_("command", "output_format"),
+    "num_images": Np_("command", "num_images"), "model": Np_("command", "model"), "reset": Np_("command", "reset"),
 }  # fmt: skip
 
 
@@ -48,8 +52,8 @@ def _choices(values: Sequence[str], default_name: str) -> list[Choice[str]]:
 def settings_command(run: Run, models: Sequence[ModelSpec]) -> app_commands.Command[Any, ..., None]:
     """/kontext-settings; its `model` option only where the operator enables more than one model."""
     choices: dict[str, list[Choice[str]]] = {
-        "aspect_ratio": _choices(ASPECT_RATIOS, "the model's default"),
-        "output_format": _choices(OUTPUT_FORMATS, "the model's default"),
+        "aspect_ratio": _choices(ASPECT_RATIOS, N_("the model's default")),
+        "output_format": _choices(OUTPUT_FORMATS, N_("the model's default")),
     }
 
     async def without_model(
@@ -69,13 +73,15 @@ def settings_command(run: Run, models: Sequence[ModelSpec]) -> app_commands.Comm
 
     callback: Callable[..., Coroutine[Any, Any, None]] = without_model
     if len(models) > 1:
-        choices["model"] = [Choice(name="the server's default", value=DEFAULT),
+        choices["model"] = [Choice(name=N_("the server's default"), value=DEFAULT),
                             *(Choice(name=m.name, value=m.id) for m in models)]  # fmt: skip
         callback = with_model
-    described = {name: text for name, text in DESCRIBE.items() if name != "model" or len(models) > 1}
-    callback = app_commands.describe(**described)(app_commands.choices(**choices)(callback))
-    return anywhere(app_commands.Command(name="kontext-settings", description="Your own defaults for new edits",
-                                         callback=callback))  # fmt: skip
+    options = [name for name in DESCRIBE if name != "model" or len(models) > 1]
+    callback = app_commands.choices(**choices)(callback)
+    callback = app_commands.describe(**{name: DESCRIBE[name] for name in options})(callback)
+    callback = app_commands.rename(**{name: NAMES[name] for name in options})(callback)
+    name, description = Np_("command", "kontext-settings"), N_("Your own defaults for new edits")
+    return anywhere(app_commands.Command(name=name, description=description, callback=callback))
 
 
 class PersonalSettings(commands.Cog):

@@ -169,7 +169,8 @@ def denial_text(denial: Denial) -> str:
     if denial.retry_at is None:
         return reason
     again = t("You can go again <t:{time}:R>.", time=int(denial.retry_at.timestamp()))
-    return f"{reason} {again}"
+    # TRANSLATORS: two sentences in a row: why a job may not start, and when the user can go again.
+    return t("{reason} {again}", reason=reason, again=again)
 
 
 def _budget_text(denial: Denial) -> str:

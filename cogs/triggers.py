@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.fal import ModelSpec
-from bot.i18n import t, using_locale
+from bot.i18n import N_, Np_, t, using_locale
 from bot.quota import decide
 from cogs.forms import EditForm, FormValues, image_room
 from cogs.inputs import (
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_WAIT_SECONDS = 120
 NOTICE_SECONDS = 60
-DESCRIPTION = "Edit or combine images with FLUX.1 Kontext [max] or another model"
+DESCRIPTION = N_("Edit or combine images with FLUX.1 Kontext [max] or another model")
 Choice = app_commands.Choice
 
 
@@ -75,14 +75,22 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
     """/kontext, its `model` option offering `models`. Built per bot, since the enabled models are settings;
     the other options' ranges and choices are the widest any registered model allows (each model checks its own)."""
 
+    @app_commands.rename(
+        prompt=Np_("command", "prompt"), image1=Np_("command", "image1"), image2=Np_("command", "image2"),
+        image3=Np_("command", "image3"), image4=Np_("command", "image4"), model=Np_("command", "model"),
+        guidance_scale=Np_("command", "guidance_scale"), num_images=Np_("command", "num_images"),
+        output_format=Np_("command", "output_format"), safety_tolerance=Np_("command", "safety_tolerance"),
+        aspect_ratio=Np_("command", "aspect_ratio"), seed=Np_("command", "seed"),
+    )  # fmt: skip
     @app_commands.describe(
-        prompt="What to change, e.g. 'put the hat from image 2 on the dog in image 1' (no images: a form asks)",
-        image1="First image (PNG, JPEG or WebP)", image2="Second image", image3="Third image", image4="Fourth image",
-        guidance_scale="How closely to follow the prompt (1-20, default 3.5; Kontext only)",
-        num_images="How many results", output_format="File format of the results",
-        safety_tolerance="1 is strictest, higher is more permissive (default 2)",
-        aspect_ratio="Aspect ratio of the result", seed="Same seed + same inputs = same result",
-        model="Which model makes the edit; each has its own price (see /kontext-usage)",
+        prompt=N_("What to change, e.g. 'put the hat from image 2 on the dog in image 1' (no images: a form asks)"),
+        image1=N_("First image (PNG, JPEG or WebP)"), image2=N_("Second image"), image3=N_("Third image"),
+        image4=N_("Fourth image"),
+        guidance_scale=N_("How closely to follow the prompt (1-20, default 3.5; Kontext only)"),
+        num_images=N_("How many results"), output_format=N_("File format of the results"),
+        safety_tolerance=N_("1 is strictest, higher is more permissive (default 2)"),
+        aspect_ratio=N_("Aspect ratio of the result"), seed=N_("Same seed + same inputs = same result"),
+        model=N_("Which model makes the edit; each has its own price (see /kontext-usage)"),
     )  # fmt: skip
     @app_commands.choices(
         output_format=[Choice(name=value.upper(), value=value) for value in OUTPUT_FORMATS],
@@ -109,14 +117,16 @@ def kontext_command(run: KontextRun, models: Sequence[ModelSpec]) -> app_command
         options = JobOptions(guidance_scale, num_images, output_format, safety_tolerance, aspect_ratio, seed)
         await run(interaction, prompt, images, options, model)
 
-    return anywhere(app_commands.Command(name="kontext", description=DESCRIPTION, callback=kontext))
+    return anywhere(app_commands.Command(name=Np_("command", "kontext"), description=DESCRIPTION, callback=kontext))
 
 
 class Triggers(commands.Cog):
     def __init__(self, bot: KontextBot) -> None:
         self.bot = bot
         self.kontext_command = kontext_command(self.kontext, bot.settings.models)
-        self.edit_menu = anywhere(app_commands.ContextMenu(name="Edit with Kontext", callback=self.edit_with_kontext))
+        self.edit_menu = anywhere(
+            app_commands.ContextMenu(name=Np_("command", "Edit with Kontext"), callback=self.edit_with_kontext)
+        )
         self._questions: set[tuple[int, int]] = set()  # (channel, member) whose reaction is being handled
 
     async def cog_load(self) -> None:

@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.community import GuildUsage
-from bot.i18n import t, tn
+from bot.i18n import N_, Np_, t, tn
 from bot.jobs import BILLABLE_STATES, Job
 from bot.quota import Limits, UsageSnapshot, day_start, month_start
 from cogs.installs import anywhere
@@ -31,7 +31,9 @@ class Usage(commands.Cog):
         self.bot = bot
 
     @anywhere
-    @app_commands.command(name="kontext-usage", description="How many images you (and this server) used")
+    @app_commands.command(
+        name=Np_("command", "kontext-usage"), description=N_("How many images you (and this server) used")
+    )
     async def usage(self, interaction: discord.Interaction[Any]) -> None:
         async with replying(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)

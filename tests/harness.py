@@ -85,7 +85,7 @@ class Harness:
 
     @staticmethod
     def _who(options: dict[str, Any]) -> dict[str, Any]:
-        where = ("user_id", "created_at", "channel_id", "user_install", "external_apps")
+        where = ("user_id", "created_at", "channel_id", "user_install", "external_apps", "locale", "guild_locale")
         return {key: options.pop(key) for key in where if key in options}
 
     async def event(self, event: str, data: Json) -> None:

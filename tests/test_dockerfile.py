@@ -331,6 +331,10 @@ def test_replaying_the_dockerfile_builds_a_working_bot(instructions: list[Instru
 
     installed = run([str(replay.venv / "bin" / "kontext-bot")], env=replay.image_env(), cwd=tmp_path, check=False)
     assert installed.returncode == 2 and "DISCORD_TOKEN" in installed.stderr  # the installed copy, not ./bot
+    speak = "import bot.i18n as i\nwith i.using_locale('zh-CN'):\n    print(i.t('Cancel'), i.__file__)"
+    spoken = run([str(replay.python), "-c", speak], env=replay.image_env(), cwd=tmp_path)  # its catalogs came along
+    text, module = spoken.stdout.split()
+    assert text == "取消" and module.startswith(str(replay.venv)) and "site-packages" in module, spoken.stdout
 
     [health] = of(instructions, "HEALTHCHECK")
     heartbeat = tmp_path / "heartbeat"

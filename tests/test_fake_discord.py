@@ -1276,3 +1276,14 @@ async def test_command_localizations_are_echoed_and_locales_reach_the_bot(fake: 
     bad = [{"name": "x", "description": "d", "name_localizations": {"xx-XX": "y"}}]
     status, answer = await raw_request(fake, "PUT", listing, json=bad)
     assert (status, answer["code"]) == (400, 50035)
+
+
+async def test_a_choice_name_localization_takes_100_characters_a_command_name_32(fake: FakeDiscord) -> None:
+    listing = f"/applications/{fake.app_id}/commands"
+    choice = {"name": "c", "value": "c", "name_localizations": {"zh-CN": "长" * 100}}
+    option = {"type": 3, "name": "o", "description": "d", "choices": [choice]}
+    status, _ = await raw_request(fake, "PUT", listing, json=[{"name": "x", "description": "d", "options": [option]}])
+    assert status == 200
+    long_name = [{"name": "x", "description": "d", "name_localizations": {"zh-CN": "长" * 33}}]
+    status, answer = await raw_request(fake, "PUT", listing, json=long_name)
+    assert (status, answer["code"]) == (400, 50035)

@@ -1074,9 +1074,10 @@ class FakeDiscord:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_localizations(item: Json, path: str) -> None:
-    """Keys must be Discord locales (reference.mdx "Locales"); values follow the field's own length rule."""
-    for key, high in (("name_localizations", 32), ("description_localizations", 100)):
+def _check_localizations(item: Json, path: str, name_limit: int = 32) -> None:
+    """Keys must be Discord locales (reference.mdx "Locales"); values follow the field's own length rule (a choice's
+    name takes 100 characters, a command's or option's 32)."""
+    for key, high in (("name_localizations", name_limit), ("description_localizations", 100)):
         for locale, text in (item.get(key) or {}).items():
             if locale not in LOCALES:
                 raise invalid_form(f"Invalid Form Body: {path}.{key}.{locale}: Invalid locale")
@@ -1085,7 +1086,7 @@ def _check_localizations(item: Json, path: str) -> None:
     for index, option in enumerate(item.get("options") or []):
         _check_localizations(option, f"{path}.options.{index}")
     for index, choice in enumerate(item.get("choices") or []):
-        _check_localizations(choice, f"{path}.choices.{index}")
+        _check_localizations(choice, f"{path}.choices.{index}", name_limit=100)
 
 
 def _localized(item: Json, locale: str | None) -> Json:
