@@ -5,17 +5,21 @@ tests (its migrations, its errors) are in test_store_postgres.py."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.fal import EditRequest, KontextOutput, OutputImage
-from bot.jobs import Job, JobState
-from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide
+from bot.jobs import ACTIVE_STATES, BILLABLE_STATES, TRANSITIONS, Job, JobState
+from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide, month_start, next_month
 from bot.shards import ShardSet, shard_of
 from bot.store import SCHEMA_VERSION, SqliteJobStore, Store, StoreError
 from tests.conftest import Database
@@ -181,6 +185,106 @@ async def test_usage_counts_what_fal_may_bill_and_what_still_runs(store: Store):
     assert usage.user_images == 10 + 5
     assert usage.guild_images == usage.user_images + 4
     assert usage.last_created == NOW
+
+
+def expected_usage(jobs: list[Job], user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
+    """The snapshot recounted from the jobs themselves: what the stores' running totals must always equal."""
+    today, month = day_start(now), month_start(now)
+    billed = [job for job in jobs if job.state in BILLABLE_STATES]
+    mine = [job for job in billed if job.user_id == user_id and today <= job.created_at < today + timedelta(days=1)]
+    server = [job for job in billed if job.guild_id == guild_id and guild_id is not None]
+    return UsageSnapshot(
+        active_jobs=sum(job.user_id == user_id and job.state in ACTIVE_STATES for job in jobs),
+        user_images=sum(job.num_images for job in mine),
+        guild_images=sum(job.num_images for job in server if today <= job.created_at < today + timedelta(days=1)),
+        last_created=max((job.created_at for job in jobs if job.user_id == user_id), default=None),
+        member_images=sum(job.num_images for job in mine if job.guild_id == guild_id and guild_id is not None),
+        guild_spend=sum((job.cost_usd for job in server if month <= job.created_at < next_month(now)), Decimal(0)),
+    )
+
+
+def random_jobs(chance: random.Random, count: int) -> list[Job]:
+    """Jobs of 3 users in 2 servers and DMs, made today, yesterday, this month (its first minute too) and last
+    month, some written with other UTC offsets, many within a minute of a UTC midnight."""
+    jobs = []
+    for _ in range(count):
+        days = chance.choice([0, 0, 0, 1, 9, 23, 30])  # NOW - 23 days: the 1st of the month
+        created = NOW - timedelta(days=days, minutes=chance.choice([0, 14 * 60 + 59, 15 * 60 + 1]))
+        offset = timezone(timedelta(hours=chance.choice([0, -8, 5.5])))
+        job = make_job(chance.randint(1, 3), guild_id=chance.choice([10, 11, None]), images=chance.randint(1, 4),
+                       state=JobState.PENDING, created_at=created.astimezone(offset))  # fmt: skip
+        jobs.append(replace(job, cost_usd=chance.choice([Decimal("0.04"), Decimal("0.045"), Decimal("0.08")])))
+    return jobs
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_the_running_totals_equal_a_recount_after_any_admissions_and_transitions(store: Store, seed: int):
+    """Admissions, saves of new jobs, and every kind of transition (refunds: failed and cancelled) in a random
+    order; then each user's and server's snapshot equals the one recounted from the jobs."""
+    chance, generous = random.Random(seed), Limits(10**6, 10**6, 10**6, timedelta(0))
+    jobs = {job.id: job for job in random_jobs(chance, 60)}
+    for job in jobs.values():
+        if chance.random() < 0.5:
+            assert await store.admit(job, verdict(job, generous)) is None
+        else:
+            await store.save(job)
+    for _ in range(150):
+        job = chance.choice(list(jobs.values()))
+        if TRANSITIONS[job.state]:
+            jobs[job.id] = job.advance(chance.choice(sorted(TRANSITIONS[job.state])))
+            await store.save_many([jobs[job.id]])
+
+    for user_id, guild_id in itertools.product([1, 2, 3], [10, 11, None]):
+        assert await store.usage_snapshot(user_id, guild_id, NOW) == expected_usage(
+            list(jobs.values()), user_id, guild_id, NOW
+        )
+
+
+async def test_the_cooldown_counts_from_the_latest_job_whatever_offset_its_time_was_written_with(store: Store):
+    india = timezone(timedelta(hours=5, minutes=30))
+    earlier = make_job(created_at=datetime(2026, 11, 24, 20, 0, tzinfo=india))  # 14:30 UTC
+    later = make_job(created_at=datetime(2026, 11, 24, 14, 45, tzinfo=UTC))
+    await store.save_many([earlier, later])
+
+    assert (await store.usage_snapshot(1, 10, NOW)).last_created == later.created_at
+
+
+def test_no_transition_makes_a_refunded_job_billable_again():
+    """The totals take a job back when it leaves the billable states; nothing may ever bring it back."""
+    for state, following in TRANSITIONS.items():
+        if state not in BILLABLE_STATES:
+            assert not following & BILLABLE_STATES, state
+
+
+async def test_upgrading_to_running_totals_counts_the_jobs_already_stored(database: Database):
+    jobs = [
+        job.advance(JobState.FAILED) if i % 4 == 0 else job for i, job in enumerate(random_jobs(random.Random(3), 40))
+    ]
+    async with database.store() as store:
+        await store.save_many(jobs)
+    await as_schema_version_3(database)
+
+    async with database.store() as store:
+        for user_id, guild_id in itertools.product([1, 2, 3], [10, 11, None]):
+            assert await store.usage_snapshot(user_id, guild_id, NOW) == expected_usage(jobs, user_id, guild_id, NOW)
+
+
+async def as_schema_version_3(database: Database) -> None:
+    """Takes the database back to version 3, which had no running totals (and the same jobs table)."""
+    drop = ["DROP TRIGGER usage_on_insert", "DROP TRIGGER usage_on_refund", "DROP TABLE member_days",
+            "DROP TABLE guild_days", "DROP INDEX jobs_active_by_user"]  # fmt: skip
+    if database.kind == "sqlite":
+        with sqlite3.connect(database.location) as db:
+            db.executescript(";".join([*drop, "PRAGMA user_version = 3"]))
+        return
+    connection = await asyncpg.connect(database.location)
+    try:
+        drop[:2] = [f"{statement} ON jobs" for statement in drop[:2]]
+        await connection.execute(
+            ";".join([*drop, "DROP FUNCTION count_usage", "DELETE FROM schema_version WHERE version = 4"])
+        )
+    finally:
+        await connection.close()
 
 
 def test_decide_names_the_first_limit_and_when_it_lifts():

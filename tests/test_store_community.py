@@ -179,4 +179,4 @@ async def test_a_database_of_the_release_before_is_migrated_and_keeps_its_jobs(d
         await store.save_user_settings(1, UserSettings(output_format="png"), NOW)
         assert (await store.all_guild_settings())[10].cooldown_seconds == 30
         assert (await store.user_settings(1)).output_format == "png"
-    assert SCHEMA_VERSION == postgres.SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == postgres.SCHEMA_VERSION == 4

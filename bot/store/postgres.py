@@ -122,8 +122,53 @@ CREATE TABLE deleted_results (
     deleted_at timestamptz NOT NULL
 );
 """
+# Version 4: running totals of billable images and spend per member and per server and UTC day, kept by
+# triggers in the transaction that inserts or refunds a job. An admission reads a few of their rows instead of
+# summing every job of the day, and of the month for the budget.
+USAGE_TOTALS_V4 = f"""
+CREATE TABLE member_days (
+    user_id bigint NOT NULL,
+    day date NOT NULL,
+    guild_id bigint NOT NULL,  -- 0: a DM
+    images integer NOT NULL,
+    PRIMARY KEY (user_id, day, guild_id)
+);
+CREATE TABLE guild_days (
+    guild_id bigint NOT NULL,
+    day date NOT NULL,
+    images integer NOT NULL,
+    spend numeric NOT NULL,
+    PRIMARY KEY (guild_id, day)
+);
+CREATE INDEX jobs_active_by_user ON jobs (user_id) WHERE state IN ({ACTIVE});
+CREATE FUNCTION count_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs := CASE WHEN TG_OP = 'INSERT' THEN NEW ELSE OLD END;
+    direction integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;  -- an update here is a refund
+    job_day date := (job.created_at AT TIME ZONE 'UTC')::date;
+BEGIN
+    INSERT INTO member_days VALUES (job.user_id, job_day, coalesce(job.guild_id, 0), direction * job.num_images)
+        ON CONFLICT (user_id, day, guild_id) DO UPDATE SET images = member_days.images + EXCLUDED.images;
+    INSERT INTO guild_days
+        VALUES (coalesce(job.guild_id, 0), job_day, direction * job.num_images, direction * job.cost_usd)
+        ON CONFLICT (guild_id, day) DO UPDATE
+        SET images = guild_days.images + EXCLUDED.images, spend = guild_days.spend + EXCLUDED.spend;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER usage_on_insert AFTER INSERT ON jobs FOR EACH ROW
+WHEN (NEW.state IN ({BILLABLE})) EXECUTE FUNCTION count_usage();
+CREATE TRIGGER usage_on_refund AFTER UPDATE OF state ON jobs FOR EACH ROW
+WHEN (OLD.state IN ({BILLABLE}) AND NEW.state NOT IN ({BILLABLE})) EXECUTE FUNCTION count_usage();
+INSERT INTO member_days
+SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, coalesce(guild_id, 0), sum(num_images)
+FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2, 3;
+INSERT INTO guild_days
+SELECT coalesce(guild_id, 0), (created_at AT TIME ZONE 'UTC')::date, sum(num_images), sum(cost_usd)
+FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2;
+"""  # noqa: S608  # constants only
 # MIGRATIONS[n] takes the schema from version n to n + 1, in one transaction.
-MIGRATIONS = (CREATE_V1, SAME_AS_SQLITE_V2, COMMUNITY_V3)
+MIGRATIONS = (CREATE_V1, SAME_AS_SQLITE_V2, COMMUNITY_V3, USAGE_TOTALS_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.
@@ -135,12 +180,11 @@ SAVE_JOB = (
 USAGE_SNAPSHOT = f"""
 SELECT
     (SELECT count(*) FROM jobs WHERE user_id = $1 AND state IN ({ACTIVE})),
-    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE user_id = $1 AND created_at >= $3 AND state IN ({BILLABLE})),
-    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE guild_id = $2 AND created_at >= $3 AND state IN ({BILLABLE})),
+    (SELECT coalesce(sum(images), 0) FROM member_days WHERE user_id = $1 AND day = $3),
+    (SELECT coalesce(sum(images), 0) FROM guild_days WHERE guild_id = $2 AND day = $3),
     (SELECT max(created_at) FROM jobs WHERE user_id = $1),
-    (SELECT coalesce(sum(num_images), 0) FROM jobs WHERE user_id = $1 AND guild_id = $2 AND created_at >= $3
-        AND state IN ({BILLABLE})),
-    (SELECT coalesce(sum(cost_usd), 0) FROM jobs WHERE guild_id = $2 AND created_at >= $4 AND state IN ({BILLABLE}))
+    (SELECT coalesce(sum(images), 0) FROM member_days WHERE user_id = $1 AND day = $3 AND guild_id = $2),
+    (SELECT coalesce(sum(spend), 0) FROM guild_days WHERE guild_id = $2 AND day >= $4)
 """  # noqa: S608  # constants only
 GUILD_USAGE = f"""
 SELECT user_id, sum(num_images) AS images, sum(cost_usd) AS spend FROM jobs
@@ -377,7 +421,7 @@ class PostgresJobStore:
 
 
 async def _usage(conn: Any, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
-    row = await conn.fetchrow(USAGE_SNAPSHOT, user_id, guild_id, day_start(now), month_start(now))
+    row = await conn.fetchrow(USAGE_SNAPSHOT, user_id, guild_id, day_start(now).date(), month_start(now).date())
     active, user_images, guild_images, last, member_images, spend = row
     return UsageSnapshot(int(active), int(user_images), int(guild_images), last, int(member_images), dollars(spend))
 

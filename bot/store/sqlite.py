@@ -43,8 +43,26 @@ __all__ = ("SCHEMA_VERSION", "SqliteJobStore")
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
+
+
+def _micros(row: str) -> str:
+    return f"CAST(ROUND(CAST({row}.cost_usd AS REAL) * 1000000) AS INTEGER)"
+
+
+def _add_usage(row: str, sign: str) -> str:
+    """Trigger statements adding (sign "") or taking back (sign "-") the job `row` in the daily totals."""
+    day, guild = f"date({row}.created_at)", f"COALESCE({row}.guild_id, 0)"  # date(): in UTC, whatever the offset
+    images, micros = f"{sign}{row}.num_images", f"{sign}{_micros(row)}"
+    return f"""
+    INSERT INTO member_days VALUES ({row}.user_id, {day}, {guild}, {images})
+        ON CONFLICT DO UPDATE SET images = images + excluded.images;
+    INSERT INTO guild_days VALUES ({guild}, {day}, {images}, {micros})
+        ON CONFLICT DO UPDATE SET images = images + excluded.images,
+            spend_micros = spend_micros + excluded.spend_micros;
+"""  # noqa: S608  # our own SQL fragments
+
 
 JOBS_TABLE = """
 CREATE TABLE {name} (
@@ -129,8 +147,39 @@ DROP TABLE jobs;
 ALTER TABLE jobs_v2 RENAME TO jobs;
 {INDEXES}
 """  # noqa: S608  # constants only
-CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE + COMMUNITY_TABLES
-MIGRATIONS = {1: MIGRATE_1_TO_2, 2: COMMUNITY_TABLES}
+# Version 4: running totals of billable images (and spend, in micro-dollars: exact) per member and per server
+# and UTC day, kept by triggers in the transaction that inserts or refunds a job. An admission reads a few of
+# their rows instead of summing every job of the day, and of the month for the budget.
+USAGE_TOTALS = f"""
+CREATE TABLE member_days (
+    user_id INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    guild_id INTEGER NOT NULL,  -- 0: a DM
+    images INTEGER NOT NULL,
+    PRIMARY KEY (user_id, day, guild_id)
+) WITHOUT ROWID;
+CREATE TABLE guild_days (
+    guild_id INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    images INTEGER NOT NULL,
+    spend_micros INTEGER NOT NULL,
+    PRIMARY KEY (guild_id, day)
+) WITHOUT ROWID;
+CREATE INDEX jobs_active_by_user ON jobs (user_id) WHERE state IN ({ACTIVE});
+CREATE TRIGGER usage_on_insert AFTER INSERT ON jobs WHEN NEW.state IN ({BILLABLE}) BEGIN
+    {_add_usage("NEW", "")}
+END;
+CREATE TRIGGER usage_on_refund AFTER UPDATE OF state ON jobs
+WHEN OLD.state IN ({BILLABLE}) AND NEW.state NOT IN ({BILLABLE}) BEGIN
+    {_add_usage("OLD", "-")}
+END;
+INSERT INTO member_days SELECT user_id, date(created_at), COALESCE(guild_id, 0), SUM(num_images)
+FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2, 3;
+INSERT INTO guild_days SELECT COALESCE(guild_id, 0), date(created_at), SUM(num_images), SUM({_micros("jobs")})
+FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2;
+"""  # noqa: S608  # constants only
+CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE + COMMUNITY_TABLES + USAGE_TOTALS
+MIGRATIONS = {1: MIGRATE_1_TO_2, 2: COMMUNITY_TABLES, 3: USAGE_TOTALS}
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.
 SAVE_JOB = (
@@ -143,15 +192,11 @@ SAVE_JOB = (
 USAGE_SNAPSHOT = f"""
 SELECT
     (SELECT COUNT(*) FROM jobs WHERE user_id = :user AND state IN ({ACTIVE})),
-    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND created_at >= :since
-        AND state IN ({BILLABLE})),
-    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE guild_id = :guild AND created_at >= :since
-        AND state IN ({BILLABLE})),
+    (SELECT COALESCE(SUM(images), 0) FROM member_days WHERE user_id = :user AND day = :day),
+    (SELECT COALESCE(SUM(images), 0) FROM guild_days WHERE guild_id = :guild AND day = :day),
     (SELECT MAX(created_at) FROM jobs WHERE user_id = :user),
-    (SELECT COALESCE(SUM(num_images), 0) FROM jobs WHERE user_id = :user AND guild_id = :guild
-        AND created_at >= :since AND state IN ({BILLABLE})),
-    (SELECT TOTAL(CAST(cost_usd AS REAL)) FROM jobs WHERE guild_id = :guild AND created_at >= :month
-        AND state IN ({BILLABLE}))
+    (SELECT COALESCE(SUM(images), 0) FROM member_days WHERE user_id = :user AND day = :day AND guild_id = :guild),
+    (SELECT COALESCE(SUM(spend_micros), 0) FROM guild_days WHERE guild_id = :guild AND day >= :month)
 """  # noqa: S608  # constants only
 GUILD_USAGE = f"""
 SELECT user_id, SUM(num_images) AS images, TOTAL(CAST(cost_usd AS REAL)) AS spend FROM jobs
@@ -396,11 +441,11 @@ class SqliteJobStore:
 
 
 def _usage(db: sqlite3.Connection, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
-    params = {"user": user_id, "guild": guild_id, "since": day_start(now).isoformat(),
-              "month": month_start(now).isoformat()}  # fmt: skip
-    active, user_images, guild_images, last, member_images, spend = db.execute(USAGE_SNAPSHOT, params).fetchone()
+    params = {"user": user_id, "guild": guild_id, "day": day_start(now).date().isoformat(),
+              "month": month_start(now).date().isoformat()}  # fmt: skip
+    active, user_images, guild_images, last, member_images, micros = db.execute(USAGE_SNAPSHOT, params).fetchone()
     return UsageSnapshot(int(active), int(user_images), int(guild_images), _aware(last) if last else None,
-                         int(member_images), dollars(spend))  # fmt: skip
+                         int(member_images), Decimal(micros).scaleb(-6))  # fmt: skip
 
 
 def _row(job: Job) -> tuple[Any, ...]:
@@ -409,8 +454,8 @@ def _row(job: Job) -> tuple[Any, ...]:
 
 def _sqlite_value(value: Any) -> Any:
     """SQLite has no timestamp, decimal, boolean or array: ISO text, text, 0/1 and JSON text."""
-    if isinstance(value, datetime):
-        return value.isoformat()
+    if isinstance(value, datetime):  # in UTC, so that the text sorts as the time does
+        return value.astimezone(UTC).isoformat()
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, bool):
