@@ -216,12 +216,20 @@ def _prompt_line(content: str) -> str:
 
 
 def _read_bot_output(r: Rig, run: Run) -> None:
-    for line in (line for bot in r.bots for line in bot.lines):
+    """Counts the warnings; keeps each ERROR line and the exception that ends each traceback.
+    `BENCH_BOT_LOG=<file>` keeps everything the bot printed."""
+    lines = [line for bot in r.bots for line in bot.lines]
+    if log_file := os.environ.get("BENCH_BOT_LOG"):
+        Path(log_file).write_text("\n".join(lines) + "\n")
+    in_traceback = False
+    for line in lines:
         for warning in WARNINGS:
             if warning in line:
                 run.bot_warnings[warning] += 1
-        if " ERROR " in line or "Traceback" in line:
+        ends_traceback = in_traceback and line and not line.startswith(" ")  # the exception, after the frames
+        if " ERROR " in line or ends_traceback:
             run.bot_errors.append(line[:300])
+        in_traceback = line.startswith("Traceback") or (in_traceback and line.startswith(" "))
 
 
 # --- the searches and the report ---------------------------------------------------------------------
@@ -260,7 +268,7 @@ def describe(run: Run) -> dict[str, object]:
         "rss_end_mib": round(run.rss_end_kib / 1024, 1), "rss_per_1000_jobs_mib": round(run.rss_per_1000_kib / 1024, 1),
         "discord_requests_per_job": _per_job(run.discord_requests, run.delivered),
         "fal_requests_per_job": _per_job(run.fal_requests, run.delivered),
-        "bot_warnings": dict(run.bot_warnings), "bot_errors": run.bot_errors[:5],
+        "bot_warnings": dict(run.bot_warnings), "bot_errors": run.bot_errors[:10],
     }  # fmt: skip
 
 

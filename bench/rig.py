@@ -4,6 +4,7 @@ users start it (`python -m bot`), so every CPU and memory figure read from /proc
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tempfile
 import time
@@ -65,8 +66,27 @@ async def fakes(script: JobScript, *, jobs: int, jitter: float) -> AsyncIterator
     with timed_fakes():
         async with FakeDiscord(edit_rate=(5, 5.0)) as discord, started_fal(
             jittered(script, jobs, jitter), ping_interval=1.0
-        ) as fal:  # fmt: skip
+        ) as fal, frozen_history():  # fmt: skip
             yield discord, fal
+
+
+@asynccontextmanager
+async def frozen_history(every: float = 1.0) -> AsyncIterator[None]:
+    """The fakes keep every request and message: the bench's heap only grows, and each full collection scans
+    all of it (2 s pauses after 10 minutes), stalling the fakes as no real Discord or fal stalls. Freezing what
+    exists every second leaves the collector only the new objects."""
+
+    async def freeze() -> None:
+        while True:
+            await asyncio.sleep(every)
+            gc.freeze()
+
+    task = asyncio.create_task(freeze())
+    try:
+        yield
+    finally:
+        task.cancel()
+        gc.unfreeze()
 
 
 def add_users(discord: FakeDiscord, count: int, guild_ids: Sequence[int] | None = None) -> list[int]:
@@ -99,11 +119,12 @@ async def _start(discord: FakeDiscord, fal: FakeFal, tmp: Path, number: int, env
     if database is not None:
         settings["DATABASE_URL"] = database
     environment = bot_environment(discord, fal, tmp / f"kontext{number}.sqlite3", **settings)
-    if root := os.environ.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
+    chosen = {**os.environ, **env}  # the run's own choice first (bench.compare), else the bench's environment
+    if root := chosen.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
         environment["PYTHONPATH"] = root
         environment["FAL_RESULT_HOSTS"] = '["127.0.0.1"]'  # older versions matched hosts without ports
     process = BotProcess(environment, tmp)
-    process.python = os.environ.get("BENCH_BOT_PYTHON", process.python)
+    process.python = chosen.get("BENCH_BOT_PYTHON", process.python)
     if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes
         process.python_args = ("-m", "cProfile", "-o", f"{profile}.{number}", "-m", "bot")
     await process.start(timeout=30)

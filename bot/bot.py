@@ -85,6 +85,21 @@ def sweep_rate_limits_rarely(http: discord.http.HTTPClient) -> None:
     http._try_clear_expired_ratelimits = sweep_rarely  # type: ignore[method-assign]
 
 
+class _KeepAliveTimedBeforeSending(discord.gateway.KeepAliveHandler):
+    """discord.py 2.7.1 notes a heartbeat's send time on its keep-alive thread once the send is done. When the
+    loop handles the ACK first (a fast gateway, a busy loop), `latency` becomes the whole interval ("Can't keep
+    up, ... 41.3s behind") and the health check stops beating. This notes the time before sending, as
+    discord.py does since #10448 (drop it once the locked release has that)."""
+
+    def get_payload(self) -> dict[str, Any]:
+        self._last_send = time.perf_counter()
+        return super().get_payload()
+
+
+def time_heartbeats_before_sending() -> None:
+    discord.gateway.KeepAliveHandler = _KeepAliveTimedBeforeSending  # type: ignore[misc]  # looked up per HELLO
+
+
 def bot_intents(*, message_content: bool) -> discord.Intents:
     """Guilds and reactions (the reaction trigger); guild messages and their content only when the bot may
     read a prompt from the chat, which is all it reads messages for."""
@@ -157,6 +172,7 @@ class KontextBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         self.loop_monitor.start()
         self._parse_only_what_is_used()
+        time_heartbeats_before_sending()
         for name in RATE_LIMIT_LOGGERS:
             logging.getLogger(name).addFilter(self._rate_limits)
         sweep_rate_limits_rarely(self.http)

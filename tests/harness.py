@@ -120,6 +120,13 @@ class Harness:
         webhook edits) or a channel message id (channel edits)."""
         return [_payload(r)["content"] for r in self.discord.requests if _touches(r, key) and "content" in _payload(r)]
 
+    def original_response(self, payload: Json) -> Json:
+        """The message that answered the interaction `payload` (the status message of a /kontext)."""
+        [message] = [
+            m for m in self.discord.messages.values() if m.get("interaction_metadata", {}).get("id") == payload["id"]
+        ]
+        return message
+
     def result_messages(self) -> list[Json]:
         """Every result message the bot posted (channel post or followup), oldest first."""
         return [m for m in self.discord.messages.values() if RESULT_TEXT in message_text(m)]

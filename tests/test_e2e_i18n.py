@@ -83,14 +83,6 @@ async def test_the_kontext_options_are_named_as_a_chinese_client_shows_them(harn
 # --- answers --------------------------------------------------------------------------------------------------
 
 
-def _original(harness: Harness, payload: Json) -> Json:
-    [message] = [
-        m for m in harness.discord.messages.values()
-        if m.get("interaction_metadata", {}).get("id") == payload["id"]
-    ]  # fmt: skip
-    return message
-
-
 def _labels(message: Json) -> list[str]:
     return [c["label"] for c in walk(list(message.get("components") or [])) if c.get("type") == 2 and "label" in c]
 
@@ -144,8 +136,9 @@ async def test_refusals_and_button_answers_come_in_the_clients_language(start_bo
         await harness.discord.wait_until(lambda: any("排队中" in t for t in harness.status_texts(payload["token"])))
         await harness.kontext(locale=ZH)  # over the daily limit: the status is taken back, the refusal says why
         await harness.discord.wait_until(lambda: len(harness.ephemeral_replies()) == 2)
-        [cancel] = [c["custom_id"] for c in walk(_original(harness, payload)["components"]) if "custom_id" in c]
-        press = harness.discord.button(cancel, _original(harness, payload), user_id=harness.discord.other_user_id)
+        status = harness.original_response(payload)
+        [cancel] = [c["custom_id"] for c in walk(status["components"]) if "custom_id" in c]
+        press = harness.discord.button(cancel, status, user_id=harness.discord.other_user_id)
         await harness.discord.interact({**press, "locale": ZH})
         await harness.discord.wait_until(lambda: len(harness.ephemeral_replies()) == 3)
         harness.fal.release(next(iter(harness.fal.jobs)))
@@ -180,7 +173,7 @@ async def test_a_resumed_job_keeps_its_locale_after_a_restart(start_bot: StartBo
         await harness.discord.wait_until(
             lambda: any("前面还有 3 个" in t for t in harness.status_texts(payload["token"]))
         )
-        status_id = int(_original(harness, payload)["id"])
+        status_id = int(harness.original_response(payload)["id"])
         [request_id] = harness.fal.jobs
         await harness.bot.runner.close()  # the process stops with the job queued at fal
 

@@ -24,14 +24,6 @@ def result_message(harness: Harness, channel_id: int) -> Json:
     return message
 
 
-def _original(harness: Harness, payload: Json) -> Json:
-    [message] = [
-        m for m in harness.discord.messages.values()
-        if m.get("interaction_metadata", {}).get("id") == payload["id"]
-    ]  # fmt: skip
-    return message
-
-
 @pytest.mark.parametrize("count", [1, 4])
 async def test_images_go_from_the_slash_command_to_files_in_a_thread(harness: Harness, count: int):
     colors = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
@@ -44,7 +36,7 @@ async def test_images_go_from_the_slash_command_to_files_in_a_thread(harness: Ha
     [submit] = [r for r in harness.fal.requests if r.kind == "submit"]
     assert submit.json["image_urls"] == [image["url"] for image in images]
     assert submit.json["num_images"] == count and submit.json["prompt"] == "put them together"
-    original = _original(harness, payload)
+    original = harness.original_response(payload)
     thread = harness.discord.threads[int(original["id"])]  # the thread hangs on the status message
     assert thread["name"] == "Kontext: put them together"
     [upload] = uploads(harness)
@@ -96,7 +88,7 @@ async def test_owner_cancels_a_queued_job_and_nothing_is_posted(harness: Harness
     harness.fal.add_script(JobScript(queue_positions=(4,), hold=True))
     payload = await harness.kontext()
     await harness.discord.wait_until(lambda: any("4 jobs ahead" in t for t in harness.status_texts(payload["token"])))
-    original = _original(harness, payload)
+    original = harness.original_response(payload)
     [cancel_id] = custom_ids(original)
 
     await harness.discord.interact(harness.discord.button(cancel_id, original))
@@ -113,7 +105,7 @@ async def test_only_the_owner_or_a_moderator_may_cancel(harness: Harness):
     harness.fal.add_script(JobScript(queue_positions=(2,), hold=True))
     payload = await harness.kontext()
     await harness.discord.wait_until(lambda: any("2 jobs ahead" in t for t in harness.status_texts(payload["token"])))
-    original = _original(harness, payload)
+    original = harness.original_response(payload)
     [cancel_id] = custom_ids(original)
 
     await harness.discord.interact(harness.discord.button(cancel_id, original, user_id=harness.discord.other_user_id))

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import pytest
+from discord.gateway import DiscordWebSocket
 
 from bot.overload import LoadGuard, LoopMonitor
 from tests.conftest import StartBot
+from tests.fakes.fake_discord import FakeDiscord
 
 
 async def test_the_monitor_sees_a_blocked_loop_and_forgets_it_later():
@@ -46,3 +51,28 @@ async def test_a_request_past_the_admission_bound_is_told_to_come_back_and_costs
         assert "very busy right now" in harness.ephemeral_replies()[0] and "about 5 s" in harness.ephemeral_replies()[0]
         assert "✅ Done" in await harness.final_status(first["token"])
         assert harness.fal.count("submit") == 1 and harness.bot.load_guard.shed == 1
+
+
+async def test_a_heartbeat_acked_before_its_sender_resumes_measures_the_round_trip(
+    start_bot: StartBot, fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+):
+    """discord.py 2.7.1 records a heartbeat's send time on its keep-alive thread once the send is done. On a
+    busy loop that thread resumes late, the ACK of a fast gateway is handled first, and the latency is the whole
+    interval ("Can't keep up, websocket is 41.3s behind" in the bench; the health check stops beating). Here
+    the thread resumes 50 ms after each send, heartbeats go every 0.2 s: the latency must stay a round trip."""
+    send_heartbeat = DiscordWebSocket.send_heartbeat
+
+    async def resumed_late(self: DiscordWebSocket, data: Any) -> None:
+        await send_heartbeat(self, data)
+        await asyncio.sleep(0.05)  # the ACK arrives and is handled meanwhile
+
+    monkeypatch.setattr(DiscordWebSocket, "send_heartbeat", resumed_late)
+    fake_discord.gateway.heartbeat_interval_ms = 200
+    async with start_bot() as harness:
+        latencies = []
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            latencies.append(harness.bot.latency)
+
+    assert sum(frame.get("op") == 1 for frame in fake_discord.gateway_frames) >= 8
+    assert max(latency for latency in latencies if latency != float("inf")) < 0.1

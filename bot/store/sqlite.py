@@ -331,12 +331,12 @@ class SqliteJobStore:
     async def save_many(self, jobs: Sequence[Job]) -> None:
         """Save several jobs in one transaction (the runner batches the saves of one loop tick)."""
         rows = [_row(job) for job in jobs]
-        await self._run(self._write, lambda db: db.executemany(SAVE_JOB, rows))
+        await self._execute(SAVE_JOB, rows, many=True)
 
     async def request_cancel(self, job_id: str) -> None:
         """Mark a job cancelled-by-request, whichever process follows it."""
         sql = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?"
-        await self._run(self._write, lambda db: db.execute(sql, (job_id,)))
+        await self._execute(sql, (job_id,))
 
     async def pin_input(self, user_id: int, url: str, content_type: str, now: datetime) -> None:
         """Remember an image as the first input of the user's next job ("Use as input")."""
@@ -344,10 +344,10 @@ class SqliteJobStore:
             "INSERT OR REPLACE INTO pinned_inputs VALUES (?, ?, ?, ?)",
             (user_id, url, content_type, now.isoformat()),
         )
-        await self._run(self._write, lambda db: db.execute(sql, params))
+        await self._execute(sql, params)
 
     async def unpin_input(self, user_id: int) -> None:
-        await self._run(self._write, lambda db: db.execute("DELETE FROM pinned_inputs WHERE user_id = ?", (user_id,)))
+        await self._execute("DELETE FROM pinned_inputs WHERE user_id = ?", (user_id,))
 
     async def get(self, job_id: str) -> Job | None:
         rows = await self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -412,12 +412,12 @@ class SqliteJobStore:
     async def save_user_settings(self, user_id: int, settings: UserSettings, now: datetime) -> None:
         sql = "INSERT OR REPLACE INTO user_settings (user_id, settings_json, updated_at) VALUES (?, ?, ?)"
         params = (user_id, settings.model_dump_json(), now.isoformat())
-        await self._run(self._write, lambda db: db.execute(sql, params))
+        await self._execute(sql, params)
 
     async def mark_results_deleted(self, job_id: str, now: datetime) -> None:
         """The user deleted the job's result message(s)."""
         sql = "INSERT OR IGNORE INTO deleted_results (job_id, deleted_at) VALUES (?, ?)"
-        await self._run(self._write, lambda db: db.execute(sql, (job_id, now.isoformat())))
+        await self._execute(sql, (job_id, now.isoformat()))
 
     async def deleted_results(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs' result messages their users deleted."""
@@ -435,6 +435,18 @@ class SqliteJobStore:
     async def schema_version(self) -> int:
         rows = await self._read("PRAGMA user_version", ())
         return int(rows[0][0])
+
+    async def _execute(self, sql: str, params: Any, *, many: bool = False) -> None:
+        """One write statement (`many`: once per row of `params`) in its own transaction.
+
+        The cursor is closed here, on the database thread. A cursor that got out would be finalized wherever
+        its last reference dies, on the event loop's thread, and finalizing resets its statement: a cached
+        statement this thread may be running at that moment (SQLite: "bad parameter or other API misuse")."""
+
+        def execute(db: sqlite3.Connection) -> None:
+            (db.executemany if many else db.execute)(sql, params).close()
+
+        await self._run(self._write, execute)
 
     async def _read(self, sql: str, params: Any) -> list[sqlite3.Row]:
         return await self._run(lambda: self._db.execute(sql, params).fetchall())  # type: ignore[no-any-return]

@@ -64,6 +64,7 @@ class Gateway:
         self._numbers = itertools.count(1)
         self._sockets: set[web.WebSocketResponse] = set()
         self.ready = asyncio.Event()  # set at the first IDENTIFY
+        self.heartbeat_interval_ms = HEARTBEAT_INTERVAL_MS  # what HELLO tells clients connecting from now on
 
     @property
     def message_content(self) -> bool:
@@ -80,7 +81,7 @@ class Gateway:
         self._sockets.add(ws)
         session: Session | None = None
         try:
-            await self._send(ws, {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
+            await self._send(ws, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     session = await self._on_frame(ws, session, msg.data)
