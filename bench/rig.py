@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import tempfile
 import time
@@ -122,7 +123,8 @@ async def _start(discord: FakeDiscord, fal: FakeFal, tmp: Path, number: int, env
     chosen = {**os.environ, **env}  # the run's own choice first (bench.compare), else the bench's environment
     if root := chosen.get("BENCH_BOT_ROOT"):  # compare another checkout (e.g. an older commit)
         environment["PYTHONPATH"] = root
-        environment["FAL_RESULT_HOSTS"] = '["127.0.0.1"]'  # older versions matched hosts without ports
+        # Older versions matched hosts without their port, newer ones with it: name both.
+        environment["FAL_RESULT_HOSTS"] = json.dumps(["127.0.0.1", fal.authority])
     process = BotProcess(environment, tmp)
     process.python = chosen.get("BENCH_BOT_PYTHON", process.python)
     if profile := os.environ.get("BENCH_CPROFILE"):  # a developer's tool: where the bot's time goes

@@ -19,7 +19,7 @@ from bot.fal import Completed, FalHTTPError, FalProtocolError, FalUnsafeURL, InP
 from bot.fal.errors import FalValidationError, http_error
 from bot.fal.models import QueueHandle, parse_status
 from bot.fal.urls import QueueURLs, ResultHosts
-from bot.fal.wire import decode_data_uri, loads_json, sse_data
+from bot.fal.wire import MAX_JSON_DEPTH, decode_data_uri, loads_json, sse_data
 from bot.messages import describe_failure
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -188,6 +188,19 @@ def test_queue_urls_stay_under_the_base(endpoint: str, request_id: str) -> None:
         assert not url.query_string and not url.fragment
     with contextlib.suppress(FalUnsafeURL):
         assert urls.submit(endpoint).raw_path.startswith("/fal/")
+
+
+@pytest.mark.parametrize("outer", ["[{}]", '{{"a": {}}}'])
+def test_nesting_up_to_the_limit_is_read_and_one_more_is_refused(outer: str) -> None:
+    def nested(depth: int) -> bytes:
+        text = "1"
+        for _ in range(depth):
+            text = outer.format(text)
+        return text.encode()
+
+    assert loads_json(nested(MAX_JSON_DEPTH), "answer") is not None
+    with pytest.raises(FalProtocolError, match="nests deeper"):
+        loads_json(nested(MAX_JSON_DEPTH + 1), "answer")
 
 
 @pytest.mark.parametrize("depth", [33, 1000, 100_000])

@@ -6,9 +6,10 @@ Each function either returns a value or raises `FalProtocolError`; no decoding e
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
+
+import orjson
 
 from .errors import FalProtocolError
 
@@ -36,8 +37,8 @@ def loads_json(raw: bytes, what: str) -> Any:
     except UnicodeDecodeError:
         raise FalProtocolError(f"{what} is not UTF-8") from None
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser itself
+        value = orjson.loads(text)  # the parser discord.py uses too: about 3x faster than the standard library's
+    except orjson.JSONDecodeError:  # also past its own nesting limit (1,024), or an integer past 64 bits
         raise FalProtocolError(f"{what} is not JSON") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise FalProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
@@ -46,13 +47,15 @@ def loads_json(raw: bytes, what: str) -> Any:
 
 def _depth(value: Any) -> int:
     """Nesting depth of decoded JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+    if not isinstance(value, dict | list):
+        return 0
+    deepest, stack = 1, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):  # only containers add depth: scalars are not stacked
+                deepest = max(deepest, depth + 1)
+                stack.append((child, depth + 1))
     return deepest
 
 
