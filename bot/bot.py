@@ -111,6 +111,13 @@ def bot_intents(*, message_content: bool) -> discord.Intents:
     return intents
 
 
+def discord_connector(settings: Settings) -> aiohttp.TCPConnector:
+    """discord.py's pool for REST and the gateway: DISCORD_MAX_CONNECTIONS plus one per shard of this process
+    (its default has no bound: hundreds of connections under load)."""
+    shards = len(settings.shard_ids) if settings.shard_ids is not None else settings.shard_count
+    return aiohttp.TCPConnector(limit=settings.discord_max_connections + shards)
+
+
 class KontextBot(commands.AutoShardedBot):
     """Services are made once in `__main__` and handed in; cogs read them from here.
 
@@ -133,6 +140,7 @@ class KontextBot(commands.AutoShardedBot):
         options.setdefault("max_messages", None)  # no message cache: the bot never looks a message up in it
         if settings.shard_ids is not None:
             options.setdefault("shard_ids", list(settings.shard_ids))
+        options.setdefault("connector", discord_connector(settings))
         super().__init__(
             shard_count=settings.shard_count,
             command_prefix=(),  # no text commands: everything is an app command

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     status_edit_interval_seconds: float = Field(default=1.5, ge=0)
     # All status messages together make at most this many edits per second; under load each is edited less often.
     status_edits_per_second: float = Field(default=40.0, gt=0)
+    # Connections to Discord's REST API at once (discord.py's own pool has no bound); the gateway's come on top.
+    discord_max_connections: int = Field(default=100, ge=1)
 
     # Input limits.
     max_images: int = Field(default=4, ge=1, le=10)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 
+import aiohttp
 import discord
 
 from bot.doctor import UNREACHABLE, FalStatus, Verdict, describe, probe_fal
@@ -44,9 +45,12 @@ async def login(client: discord.Client, token: str, *, first_delay: float, stop:
 
 
 async def _drop_session(client: discord.Client) -> None:
-    """Each login opens a session with its own connector; close both so the next try starts clean."""
+    """Each login opens a session that owns its connector; close both, and give the next try a fresh
+    connector with the same bound (without one discord.py would make an unbounded pool)."""
+    bound = client.http.connector
     await client.http.close()
-    client.http.connector = discord.utils.MISSING
+    if bound is not discord.utils.MISSING:
+        client.http.connector = aiohttp.TCPConnector(limit=bound.limit)
 
 
 async def watch_fal(fal: FalStatus, endpoint: str, *, where: str, first_delay: float) -> None:

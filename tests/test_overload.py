@@ -76,3 +76,24 @@ async def test_a_heartbeat_acked_before_its_sender_resumes_measures_the_round_tr
 
     assert sum(frame.get("op") == 1 for frame in fake_discord.gateway_frames) >= 8
     assert max(latency for latency in latencies if latency != float("inf")) < 0.1
+
+
+@pytest.mark.parametrize("bound", [2, 5])
+async def test_connections_to_discord_stay_within_the_bound_however_many_requests_wait(
+    start_bot: StartBot, fake_discord: FakeDiscord, bound: int
+):
+    """discord.py's own pool has no bound: with Discord slow to answer, every waiting request opened a
+    connection of its own (about 290 under the load bench). Twenty answers held 0.2 s each queue on the bound
+    instead (plus the gateway's connection) and still all leave within Discord's 3 s."""
+    async with start_bot(discord_max_connections=bound, max_concurrent_jobs_per_user=20) as harness:
+        fake_discord.peak_connections = 0
+        for _ in range(20):
+            fake_discord.delay_next("POST", r"/interactions/\d+/[^/]+/callback", 0.2)
+
+        await asyncio.gather(*(harness.kontext(f"n{i}") for i in range(20)))
+        await fake_discord.wait_until(lambda: len(fake_discord.callbacks()) == 20, 10)
+        await harness.finish_jobs()
+
+        assert 1 < fake_discord.peak_connections <= bound + 1  # + the gateway's
+        assert [callback.status for callback in fake_discord.callbacks()] == [200] * 20  # none refused as late
+        assert not harness.ephemeral_replies()

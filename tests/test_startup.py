@@ -3,13 +3,18 @@ token still stops it at once."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import discord
 import pytest
 
+from bot import startup
 from tests.bot_process import BotProcess, bot_environment, free_port
+from tests.conftest import DISCORD_TOKEN
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_fal import FakeFal
 
@@ -143,3 +148,27 @@ async def test_a_wrong_token_still_stops_the_bot_at_once(
     assert any("Discord refused DISCORD_TOKEN" in line for line in bot.lines), bot.lines
     assert [r.path for r in fake_discord.requests] == ["/users/@me"]  # tried once, not retried
     assert not any("Traceback" in line or "unreachable" in line for line in bot.lines)
+
+
+async def test_a_login_retried_until_discord_is_up_keeps_the_bound_on_its_connections(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A failed login closes its session and connector; the next try gets a fresh connector with the same bound,
+    not discord.py's unbounded default."""
+    port = free_port()
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    client = discord.Client(intents=discord.Intents.none(), connector=aiohttp.TCPConnector(limit=3))
+    caplog.set_level(logging.WARNING, "bot.startup")
+    login = asyncio.create_task(startup.login(client, DISCORD_TOKEN, first_delay=0.02, stop=asyncio.Event()))
+    await asyncio.sleep(0.3)  # tries at 0, 0.02, 0.06, 0.14 s
+    assert sum("Discord unreachable" in record.getMessage() for record in caplog.records) >= 3
+
+    async with FakeDiscord(port=port) as fake:  # the network comes up
+        assert await asyncio.wait_for(login, 5)
+        channels = [fake.add_channel(fake.guild_id, f"c{n}")["id"] for n in range(12)]  # a rate-limit bucket each
+        for _ in channels:
+            fake.delay_next("GET", r"/channels/\d+", 0.2)
+        await asyncio.gather(*(client.http.get_channel(channel) for channel in channels))
+        await client.close()
+
+    assert 1 < fake.peak_connections <= 3

@@ -220,6 +220,7 @@ class FakeDiscord:
         self._windows: dict[tuple[str, str], _Window] = {}
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.peak_connections = 0  # the most client connections (REST, gateway, CDN) open at one request's arrival
         self._build_world()
         self._routes = self._build_routes()
 
@@ -725,6 +726,8 @@ class FakeDiscord:
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
         rec = Recorded(request.method, request.path.removeprefix(API_PREFIX), dict(request.query))
         rec.time = self._now()
+        if self._runner is not None and self._runner.server is not None:
+            self.peak_connections = max(self.peak_connections, len(self._runner.server.connections))
         try:
             response = await self._answer(request, rec)
             rec.status = response.status
