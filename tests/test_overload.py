@@ -6,9 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import discord
 import pytest
 from discord.gateway import DiscordWebSocket
 
+import bot.bot as bot_module
 from bot.overload import LoadGuard, LoopMonitor
 from tests.conftest import StartBot
 from tests.fakes.fake_discord import FakeDiscord
@@ -97,3 +99,43 @@ async def test_connections_to_discord_stay_within_the_bound_however_many_request
         assert 1 < fake_discord.peak_connections <= bound + 1  # + the gateway's
         assert [callback.status for callback in fake_discord.callbacks()] == [200] * 20  # none refused as late
         assert not harness.ephemeral_replies()
+
+
+async def test_idle_rate_limit_buckets_are_dropped_on_the_next_sweep(
+    start_bot: StartBot, monkeypatch: pytest.MonkeyPatch
+):
+    """discord.py keeps each job's buckets (its result thread's, ...) 300 s: at 50 jobs/s that was ~20 MB of RSS
+    growth during the soak. A sweep (at most every RATE_LIMIT_SWEEP_SECONDS) drops every idle one."""
+    monkeypatch.setattr(bot_module, "RATE_LIMIT_SWEEP_SECONDS", 0.0)
+    monkeypatch.setattr(bot_module, "RATE_LIMIT_IDLE_SECONDS", 0.2)
+    async with start_bot(max_concurrent_jobs_per_user=10) as harness:
+        await asyncio.gather(*(harness.kontext(f"n{i}") for i in range(6)))
+        await harness.discord.wait_until(lambda: harness.fal.count("submit") == 6)
+        await harness.finish_jobs()
+        before = dict(harness.bot.http._buckets)
+        await asyncio.sleep(0.3)
+        pause_ended = asyncio.get_running_loop().time()
+
+        await harness.kontext("one more")  # makes new buckets, which sweeps
+        await harness.discord.wait_until(lambda: harness.fal.count("submit") == 7)
+        await harness.finish_jobs()
+
+        assert len(before) >= 6  # a thread of its own for each job's results
+        survivors = harness.bot.http._buckets.values()
+        assert all(bucket._last_request >= pause_ended for bucket in survivors)
+        assert not any(bucket in before.values() for bucket in survivors if bucket._last_request < pause_ended)
+
+
+async def test_only_an_exhausted_bucket_is_kept_however_idle(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(bot_module, "RATE_LIMIT_IDLE_SECONDS", 0.0)
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    exhausted, spare, past = (http.get_ratelimit(key) for key in ("exhausted", "spare", "past"))
+    now = asyncio.get_running_loop().time()
+    exhausted.remaining, exhausted.expires = 0, now + 60  # Discord said: nothing more for a minute
+    spare.remaining, spare.expires = 3, now + 60  # three more this minute: a new bucket learns that again
+    past.remaining, past.expires = 0, now - 1  # the window is over
+    await asyncio.sleep(0.01)
+
+    bot_module.drop_idle_buckets(http)
+
+    assert list(http._buckets) == ["exhausted"]
