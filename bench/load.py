@@ -79,6 +79,7 @@ class Run:
     bot_warnings: Counter[str] = field(default_factory=Counter)
     bot_errors: list[str] = field(default_factory=list)
     drained: bool = True
+    lost_examples: list[str] = field(default_factory=list)  # request id and fal's last state of a few lost jobs
     fakes_cpu_share: float = 0.0  # of one core, by this process (fakes + driver): near 1.0, they are the limit
 
     def ack(self, q: float) -> float:
@@ -208,6 +209,8 @@ def _count_deliveries(r: Rig, run: Run) -> None:
     run.paid, run.delivered = len(prompts), sum(min(results[p], 1) for p in prompts)
     run.lost = sum(1 for p in prompts if results[p] == 0)
     run.duplicated = sum(results[p] - 1 for p in prompts if results[p] > 1)
+    lost = [job for job in r.fal.jobs.values() if results[str(job.input.get("prompt"))] == 0]
+    run.lost_examples = [f"{job.request_id}: {job.history[-1][0] if job.history else '-'}" for job in lost[:5]]
 
 
 def _prompt_line(content: str) -> str:
@@ -269,6 +272,7 @@ def describe(run: Run) -> dict[str, object]:
         "discord_requests_per_job": _per_job(run.discord_requests, run.delivered),
         "fal_requests_per_job": _per_job(run.fal_requests, run.delivered),
         "bot_warnings": dict(run.bot_warnings), "bot_errors": run.bot_errors[:10],
+        "lost_examples": run.lost_examples,
     }  # fmt: skip
 
 
