@@ -151,7 +151,7 @@ async def _drain(r: Rig, tokens: dict[str, int], deadline: float) -> bool:
     """Wait until every interaction was answered and every paid job delivered (or the deadline passed)."""
     loop = asyncio.get_running_loop()
     while loop.time() < deadline:
-        answered = sum(1 for rec in r.discord.callbacks() if rec.status) >= len(tokens)
+        answered = r.answered() >= len(tokens)
         if answered and in_flight(r) == 0 and _all_fal_done(r):
             return True
         await asyncio.sleep(0.25)

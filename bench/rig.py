@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import os
 import tempfile
@@ -44,6 +45,28 @@ class Rig:
     users: list[int]
     channels: list[int]  # interactions go to these in turn (one per guild: each guild's shard)
     image: Json
+    # The fakes keep every message and request; rescanning all of them a few times a second starved the fakes
+    # at the end of long runs (their jobs looked undelivered). These count only what arrived since last time.
+    _messages_seen: int = 0
+    _results: int = 0
+    _requests_seen: int = 0
+    _answers: int = 0
+
+    def delivered(self) -> int:
+        """Result messages posted so far."""
+        messages = self.discord.messages
+        new = itertools.islice(messages.values(), self._messages_seen, None)
+        self._results += sum(1 for message in new if "here is your edit" in message_text(message))
+        self._messages_seen = len(messages)
+        return self._results
+
+    def answered(self) -> int:
+        """Interaction callbacks answered so far (whatever the answer)."""
+        requests = self.discord.requests
+        new = requests[self._requests_seen :]
+        self._answers += sum(1 for rec in new if rec.path.endswith("/callback") and rec.status)
+        self._requests_seen = len(requests)
+        return self._answers
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, every thread) of the bot processes so far."""
@@ -156,11 +179,7 @@ async def sample(rig_: Rig, samples: list[tuple[float, int, int]], stop: asyncio
 
 def in_flight(rig_: Rig) -> int:
     """Jobs fal accepted whose results are not posted yet."""
-    return max(len(rig_.fal.jobs) - delivered_count(rig_.discord), 0)
-
-
-def delivered_count(discord: FakeDiscord) -> int:
-    return sum(1 for m in discord.messages.values() if "here is your edit" in message_text(m))
+    return max(len(rig_.fal.jobs) - rig_.delivered(), 0)
 
 
 def wall() -> str:
