@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.rig import Rig, in_flight, rig, sample, wall
+from bench.rig import Rig, in_flight, is_result, rig, sample, wall
 from bench.world import bench_prompt, kontext_payload
 from tests.fakes.fake_discord import message_text
 from tests.fakes.fake_fal import JobScript
@@ -204,7 +204,7 @@ def _kind(method: str, path: str) -> str:
 
 def _count_deliveries(r: Rig, run: Run) -> None:
     texts = [message_text(m) for m in r.discord.messages.values()]  # result cards show their text in components
-    results = Counter(_prompt_line(text) for text in texts if "here is your edit" in text)
+    results = Counter(_prompt_line(text) for text in texts if is_result(text))
     prompts = [str(job.input.get("prompt")) for job in r.fal.jobs.values()]
     run.paid, run.delivered = len(prompts), sum(min(results[p], 1) for p in prompts)
     run.lost = sum(1 for p in prompts if results[p] == 0)

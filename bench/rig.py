@@ -56,7 +56,7 @@ class Rig:
         """Result messages posted so far."""
         messages = self.discord.messages
         new = itertools.islice(messages.values(), self._messages_seen, None)
-        self._results += sum(1 for message in new if "here is your edit" in message_text(message))
+        self._results += sum(1 for message in new if is_result(message_text(message)))
         self._messages_seen = len(messages)
         return self._results
 
@@ -175,6 +175,11 @@ async def sample(rig_: Rig, samples: list[tuple[float, int, int]], stop: asyncio
             await asyncio.wait_for(stop.wait(), every)
         except TimeoutError:
             continue
+
+
+def is_result(text: str) -> bool:
+    """Whether a message's text is a job's result post."""
+    return "here is your edit" in text
 
 
 def in_flight(rig_: Rig) -> int:

@@ -37,7 +37,7 @@ def loads_json(raw: bytes, what: str) -> Any:
     except UnicodeDecodeError:
         raise FalProtocolError(f"{what} is not UTF-8") from None
     try:
-        value = orjson.loads(text)  # the parser discord.py uses too: about 3x faster than the standard library's
+        value = orjson.loads(text)  # the parser discord.py uses too (bench.compare: ~5 % less CPU per job)
     except orjson.JSONDecodeError:  # also past its own nesting limit (1,024), or an integer past 64 bits
         raise FalProtocolError(f"{what} is not JSON") from None
     if _depth(value) > MAX_JSON_DEPTH:
