@@ -84,8 +84,9 @@ class ChannelTarget:
 
 class EditPacer:
     """Spreads status edits so that all status messages together make at most `per_second` edits: with few
-    jobs each message is edited every `interval` seconds at most; with many, each one less often. Under load
-    the queue moves are shown less often, the final state never waits longer than one pause."""
+    jobs each message is edited every `interval` seconds at most (the first edit too, counted from its post);
+    with many, each one less often. Under load the queue moves are shown less often, down to none; the final
+    state does not wait."""
 
     def __init__(self, *, interval: float, per_second: float) -> None:
         self._interval = interval
@@ -118,7 +119,7 @@ class StatusMessage:
         self._pacer = pacer
         self._on_moved = on_moved
         self._shown: Wanted | None = None
-        self._wanted: Wanted | None = None
+        self._rendered: tuple[Job, Wanted] | None = None  # the newest job's text, made when an edit is due
         self._asked: float | None = None  # when the oldest change not shown yet was asked for (metrics)
         self._wake = asyncio.Event()
         self._final = asyncio.Event()  # the job ended: its status goes out without waiting its turn
@@ -134,10 +135,10 @@ class StatusMessage:
         return None
 
     def show(self, job: Job) -> None:
-        """Ask for the status of `job` to be shown; returns at once."""
+        """Ask for the status of `job` to be shown; returns at once. The text is made when the edit is due: under
+        load most changes are passed over by a newer one before their turn comes."""
         self._job = job
-        self._wanted = _wanted(job)
-        self._asked = (self._asked or time.monotonic()) if self._wanted != self._shown else None
+        self._asked = self._asked or time.monotonic()
         self._wake.set()
         if job.state.finished:
             self._final.set()
@@ -157,6 +158,8 @@ class StatusMessage:
     async def _editor(self) -> None:
         self._pacer.live += 1
         try:
+            if self._shown is not None:  # just posted: the first edit waits its turn like any other
+                await self._rest(0)
             await self._keep_shown()
         finally:
             self._pacer.live -= 1
@@ -165,14 +168,18 @@ class StatusMessage:
         failures = 0
         while True:
             await self._sleep_until_needed()
+            if self._bot.is_closed():
+                return  # shutting down: after a restart the job's status is shown again
             if self._token_running_out():
                 await self._move_to_channel()
-            wanted = self._wanted
-            if wanted is not None and wanted != self._shown:
+            wanted = self._wanted()
+            if wanted != self._shown:
                 failures = 0 if await self._edit(wanted) else failures + 1
                 if failures:
                     failures = await self._after_failure(wanted, failures)
-            if wanted is not None and not wanted[1] and wanted == self._shown:
+            else:
+                self._asked = None  # nothing new to show after all
+            if not wanted[1] and wanted == self._shown:
                 return  # the final state is shown
             await self._rest(failures)
 
@@ -183,7 +190,8 @@ class StatusMessage:
             await asyncio.sleep(pause)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._final.wait(), pause)
+            async with asyncio.timeout(pause):  # not wait_for: no task per wait
+                await self._final.wait()
 
     async def _after_failure(self, wanted: Wanted, failures: int) -> int:
         """Try a failed text again; after a few failures post it as a new message, else drop it."""
@@ -199,7 +207,8 @@ class StatusMessage:
 
     async def _sleep_until_needed(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self._seconds_to_switch())
+            async with asyncio.timeout(self._seconds_to_switch()):
+                await self._wake.wait()
         self._wake.clear()
 
     def _seconds_to_switch(self) -> float | None:
@@ -235,7 +244,7 @@ class StatusMessage:
             old.expires_at, self._shown = None, None
             return False
         new = ChannelTarget(self._bot, self._job.channel_id, None)
-        wanted = self._wanted or _wanted(self._job)
+        wanted = self._wanted()
         try:
             await self._put(new, wanted)
         except EDIT_ERRORS as exc:
@@ -259,6 +268,13 @@ class StatusMessage:
     async def _put(self, target: StatusTarget, wanted: Wanted) -> None:
         content, cancellable = wanted
         await target.edit(content, self.cancel_view() if cancellable else None)
+
+    def _wanted(self) -> Wanted:
+        """What the newest job should show (made once per job version: jobs are immutable)."""
+        job = self._job
+        if self._rendered is None or self._rendered[0] is not job:
+            self._rendered = (job, _wanted(job))
+        return self._rendered[1]
 
     def cancel_view(self) -> discord.ui.View:
         """The Cancel button of this job's status, made once (the first post uses it too)."""

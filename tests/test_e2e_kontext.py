@@ -73,6 +73,18 @@ async def test_queue_positions_show_up_as_edits_of_one_status_message(harness: H
     assert harness.discord.rate_limited == 0
 
 
+async def test_the_first_edit_after_the_answer_waits_for_the_messages_turn(start_bot: StartBot):
+    """The answer already shows the status: a queue move right after it waits one pause like any later move, so
+    a job that ends within that pause costs one edit, the final one (under load, one edit instead of two)."""
+    async with start_bot(status_edit_interval_seconds=5.0) as harness:
+        harness.fal.add_script(JobScript(queue_positions=(2, 1), progress_steps=1, step_seconds=0.1))
+        payload = await harness.kontext()
+        await harness.final_status(payload["token"])
+        texts = harness.status_texts(payload["token"])
+
+    assert [text.splitlines()[-1].split(" · ")[0] for text in texts] == ["⏳ Sending to the image service…", "✅ Done"]
+
+
 async def test_status_is_never_edited_when_its_text_did_not_change(harness: Harness):
     harness.fal.add_script(JobScript(queue_positions=(1, 1, 1, 1), step_seconds=0.05))
 
