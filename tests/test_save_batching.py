@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.jobs import Job
+from bot.fal import FalClient
+from bot.jobs import Job, JobRunner, JobState
 from bot.jobs.batching import SaveBatcher
 from bot.store.sqlite import SqliteJobStore
-from tests.test_jobs import new_job
+from tests.fakes.fake_fal import FakeFal, JobScript
+from tests.test_jobs import LIMITS, RecordingSink, new_job
 
 
 class CountingStore(SqliteJobStore):
@@ -68,3 +70,25 @@ async def test_a_newer_version_saved_in_the_window_is_the_one_stored(tmp_path: P
 
         assert store.transactions == [[job.id]]
         assert (await store.get(job.id)).queue_position == 3  # type: ignore[union-attr]
+
+
+async def test_closing_the_runner_commits_what_waits_in_the_window(
+    fal: FalClient, fake_fal: FakeFal, store: SqliteJobStore
+) -> None:
+    """A job stopped by the shutdown keeps its newest version: the save window does not outlive the runner."""
+    fake_fal.add_script(JobScript(queue_positions=(5,), hold=True))
+    jobs, sink, job = JobRunner(fal, store, job_timeout=30, save_window=60.0), RecordingSink(), new_job()
+    await jobs.admit(job, LIMITS)
+    jobs.launch(job, sink)
+    async with asyncio.timeout(5):
+        while (JobState.QUEUED, 5) not in sink.shown:  # noqa: ASYNC110  # the sink records, it does not signal
+            await asyncio.sleep(0.01)  # the request id was saved at once before this was shown
+    moved = asyncio.create_task(jobs.status_moved(job.id, 4242))  # an ordinary save: waits in the window
+    await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(5):
+        await jobs.close()
+        await moved  # its save was committed, not left behind
+
+    stored = await store.get(job.id)
+    assert stored is not None and stored.state is JobState.QUEUED and stored.status_message_id == 4242

@@ -47,6 +47,12 @@ class SaveBatcher:
             self._flusher = loop.create_task(self._flush(), name="job-save-batch")
         await waiter
 
+    async def flush(self) -> None:
+        """Commit what is waiting now, without the rest of the window (the runner is closing)."""
+        self._urgent.set()
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher])
+
     async def _flush(self) -> None:
         try:
             while self._pending:

@@ -29,7 +29,7 @@ from bot.fal import (
     QueueStatus,
 )
 from bot.i18n import t, tn, using_locale
-from bot.jobs.batching import SaveBatcher
+from bot.jobs.batching import SAVE_WINDOW_SECONDS, SaveBatcher
 from bot.jobs.model import Job, JobState, ResultImage
 from bot.jobs.ports import DeliveryFailed, FalQueue, JobObserver, JobSink, JobStore
 from bot.log import bind, log_context
@@ -77,6 +77,7 @@ class JobRunner:
         delivery_attempts: int = DELIVERY_ATTEMPTS,
         retry_seconds: float = RETRY_SECONDS,
         observer: JobObserver | None = None,
+        save_window: float = SAVE_WINDOW_SECONDS,
     ) -> None:
         self._fal = fal
         self._observer = observer
@@ -87,7 +88,7 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._sinks: dict[str, JobSink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._saves = SaveBatcher(store)
+        self._saves = SaveBatcher(store, window=save_window)
         self._unsaved: dict[str, Job] = {}
         self._result_failures: Counter[str] = Counter()
         self._counted_attempt: set[str] = set()  # jobs whose next delivery attempt is already counted and saved
@@ -153,6 +154,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._saves.flush()  # the newest versions of the stopped jobs, waiting in the save window
         if self._flusher is not None:
             self._flusher.cancel()
         await self._flush_unsaved()
