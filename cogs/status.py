@@ -119,7 +119,6 @@ class StatusMessage:
         self._pacer = pacer
         self._on_moved = on_moved
         self._shown: Wanted | None = None
-        self._rendered: tuple[Job, Wanted] | None = None  # the newest job's text, made when an edit is due
         self._asked: float | None = None  # when the oldest change not shown yet was asked for (metrics)
         self._wake = asyncio.Event()
         self._final = asyncio.Event()  # the job ended: its status goes out without waiting its turn
@@ -172,7 +171,7 @@ class StatusMessage:
                 return  # shutting down: after a restart the job's status is shown again
             if self._token_running_out():
                 await self._move_to_channel()
-            wanted = self._wanted()
+            wanted = _wanted(self._job)  # made when the edit is due, not on every change
             if wanted != self._shown:
                 failures = 0 if await self._edit(wanted) else failures + 1
                 if failures:
@@ -244,7 +243,7 @@ class StatusMessage:
             old.expires_at, self._shown = None, None
             return False
         new = ChannelTarget(self._bot, self._job.channel_id, None)
-        wanted = self._wanted()
+        wanted = _wanted(self._job)
         try:
             await self._put(new, wanted)
         except EDIT_ERRORS as exc:
@@ -268,13 +267,6 @@ class StatusMessage:
     async def _put(self, target: StatusTarget, wanted: Wanted) -> None:
         content, cancellable = wanted
         await target.edit(content, self.cancel_view() if cancellable else None)
-
-    def _wanted(self) -> Wanted:
-        """What the newest job should show (made once per job version: jobs are immutable)."""
-        job = self._job
-        if self._rendered is None or self._rendered[0] is not job:
-            self._rendered = (job, _wanted(job))
-        return self._rendered[1]
 
     def cancel_view(self) -> discord.ui.View:
         """The Cancel button of this job's status, made once (the first post uses it too)."""

@@ -49,8 +49,8 @@ class SaveBatcher:
 
     async def flush(self) -> None:
         """Commit what is waiting now, without the rest of the window (the runner is closing)."""
-        self._urgent.set()
         if self._flusher is not None:
+            self._urgent.set()
             await asyncio.wait([self._flusher])
 
     async def _flush(self) -> None:
