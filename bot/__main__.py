@@ -1,4 +1,5 @@
-"""Composition root: settings → logging → session, store, fal client → bot. `python -m bot [check]`."""
+"""Composition root: settings → logging → the claim on the shards → session, store, fal client → bot.
+`python -m bot [check]`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.fal import FalClient, FalClientOptions
 from bot.log import setup_logging
 from bot.metrics_server import MetricsError, serve_metrics
-from bot.store import Store, StoreError, open_store as store_for
+from bot.store import Store, StoreError, open_store as store_for, shard_claim
 
 log = logging.getLogger("bot")
 
@@ -81,31 +82,54 @@ def http_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(headers={"User-Agent": "kontext-bot"}, connector=fal_connector(settings))
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings) -> int:
+    """Claim the shards, then run them until SIGTERM: 0; or until the claim is lost: 1 (another process may run
+    them now; started again, this one waits for them)."""
+    stop = stop_on_sigterm()
+    claim = shard_claim(settings)
+    if not await claim.acquire(stop):
+        return 0
+    try:
+        await run_shards(settings, stop, claim.lost)
+    finally:
+        await claim.release()
+    return 1 if claim.lost.is_set() else 0
+
+
+async def run_shards(settings: Settings, stop: asyncio.Event, lost: asyncio.Event) -> None:
     async with http_session(settings) as session, open_store(settings) as store:
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
         async with bot, metrics_endpoint(settings, bot):
-            stop = stop_on_sigterm(bot)
+            closer = asyncio.create_task(close_on(bot, stop, lost), name="close-on-stop")
             fal_watch = asyncio.create_task(watch_fal(settings, bot.fal), name="fal-at-start")
             try:
                 await start(bot, settings, stop)
             finally:
                 fal_watch.cancel()
-                await asyncio.wait([fal_watch])
+                if not stop.is_set():
+                    closer.cancel()  # a close under way is left to finish
+                await asyncio.wait([closer, fal_watch])
 
 
-def stop_on_sigterm(bot: KontextBot) -> asyncio.Event:
+def stop_on_sigterm() -> asyncio.Event:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    closing: list[asyncio.Task[None]] = []
-
-    def on_sigterm() -> None:
-        stop.set()
-        closing.append(loop.create_task(bot.close()))
-
     with contextlib.suppress(NotImplementedError):  # not on Windows
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     return stop
+
+
+async def close_on(bot: KontextBot, stop: asyncio.Event, lost: asyncio.Event) -> None:
+    """Close the bot at SIGTERM, or as soon as the claim on its shards is lost."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if lost.is_set():
+        log.error("this process no longer holds its shards; stopping")
+    stop.set()
+    await bot.close()
 
 
 async def start(bot: KontextBot, settings: Settings, stop: asyncio.Event) -> None:
@@ -189,9 +213,9 @@ def event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run_bot(settings: Settings) -> int:
     try:
         with asyncio.Runner(loop_factory=event_loop()) as runner:
-            runner.run(run(settings))
+            return runner.run(run(settings))
     except KeyboardInterrupt:
-        pass
+        return 0
     except discord.LoginFailure:
         log.error("Discord refused DISCORD_TOKEN; check the bot token in the developer portal")
         return 1
@@ -204,7 +228,6 @@ def run_bot(settings: Settings) -> int:
     except MetricsError as exc:
         log.error("cannot serve metrics: %s", exc)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

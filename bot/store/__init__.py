@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from bot.config import Settings
+from bot.shards import ShardSet
 from bot.store.base import Store, StoreError
+from bot.store.claims import DatabaseFileClaim, PostgresShardClaim, ShardClaim
 from bot.store.postgres import PostgresJobStore
 from bot.store.sqlite import SCHEMA_VERSION, SqliteJobStore
 
-__all__ = ("SCHEMA_VERSION", "PostgresJobStore", "SqliteJobStore", "Store", "StoreError", "open_store")
+__all__ = (
+    "SCHEMA_VERSION",
+    "PostgresJobStore",
+    "ShardClaim",
+    "SqliteJobStore",
+    "Store",
+    "StoreError",
+    "open_store",
+    "shard_claim",
+)
 
 
 def open_store(settings: Settings) -> Store:
@@ -15,3 +26,12 @@ def open_store(settings: Settings) -> Store:
     if settings.database_url is not None:
         return PostgresJobStore(settings.database_url.get_secret_value(), pool_size=settings.database_pool_size)
     return SqliteJobStore(settings.database_path)
+
+
+def shard_claim(settings: Settings) -> ShardClaim:
+    """The claim this process must hold on its shards before it runs them: on PostgreSQL each shard (every one
+    when SHARD_IDS is not set), on SQLite the database file (one process per file)."""
+    if settings.database_url is not None:
+        shards = settings.shards or ShardSet(frozenset(range(settings.shard_count)), settings.shard_count)
+        return PostgresShardClaim(settings.database_url.get_secret_value(), shards)
+    return DatabaseFileClaim(settings.database_path)

@@ -223,7 +223,6 @@ class PostgresJobStore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self._url = url
-        self._password = _password(url)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self.name = describe_url(url)
@@ -414,10 +413,15 @@ class PostgresJobStore:
             raise StoreError(f"{self.name}: {self._problem(exc)}") from None
 
     def _problem(self, exc: BaseException) -> str:
-        """The error's first line: no DETAIL (row values), no password."""
-        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-        line = (text.splitlines() or [type(exc).__name__])[0]
-        return line.replace(self._password, "***") if self._password else line
+        return problem_of(exc, self._url)
+
+
+def problem_of(exc: BaseException, url: str) -> str:
+    """The error's first line: no DETAIL (row values), no password."""
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    line = (text.splitlines() or [type(exc).__name__])[0]
+    password = _password(url)
+    return line.replace(password, "***") if password else line
 
 
 async def _usage(conn: Any, user_id: int, guild_id: int | None, now: datetime) -> UsageSnapshot:
