@@ -173,6 +173,11 @@ class Settings(BaseSettings):
             return None
         return ShardSet(frozenset(self.shard_ids), self.shard_count)
 
+    @property
+    def own_shards(self) -> ShardSet:
+        """The shards this process runs, all of them listed when it runs them all."""
+        return self.shards or ShardSet(frozenset(range(self.shard_count)), self.shard_count)
+
     @field_validator("fal_result_hosts")
     @classmethod
     def _plain_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from bot.fal import (
     QueueHandle,
     QueueStatus,
 )
-from bot.store import SCHEMA_VERSION, StoreError
+from bot.store import SCHEMA_VERSION, ShardClaim, StoreError, shard_claim
 
 __all__ = ("FalProbe", "Result", "Verdict", "probe_fal", "run_checks", "settings_failed", "summary")
 
@@ -214,6 +214,18 @@ async def check_database(open_store: StoreOpener, where: str) -> Result:
     return Result("database", True, f"{where} opens, is writable, schema version {SCHEMA_VERSION}")
 
 
+async def check_shards(claim: ShardClaim, shards: str) -> Result:
+    """Who runs the shards now, without claiming them: a running bot is no failure, but a bot started now
+    would wait for it."""
+    try:
+        holder = await claim.holder()
+    except StoreError as exc:
+        return Result("shards", None, f"not checked: {describe(exc)}")
+    if holder is None:
+        return Result("shards", True, f"{shards}: free (no bot process runs them now)")
+    return Result("shards", True, f"{shards}: {holder} now; a bot started now would wait for it")
+
+
 # --- all of it -----------------------------------------------------------------------------------------
 
 
@@ -236,5 +248,9 @@ async def run_checks(
     add(Result("settings", True, "valid"))
     add(*await check_discord(settings))
     add(await check_fal(settings, fal))
-    add(await check_database(open_store, where))
+    add(database := await check_database(open_store, where))
+    if database.ok:
+        add(await check_shards(shard_claim(settings), str(settings.own_shards)))
+    else:
+        add(Result("shards", None, "not checked: needs the database"))
     return results

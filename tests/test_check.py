@@ -14,20 +14,32 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot.__main__ import fal_client, open_store
 from bot.bot import REQUIRED_PERMISSIONS
 from bot.config import Settings
 from bot.doctor import Result, run_checks
+from bot.shards import ShardSet
 from bot.store import SCHEMA_VERSION
+from bot.store.claims import COUNT_SPACE, SHARD_SPACE, DatabaseFileClaim, PostgresShardClaim
 from tests.bot_process import bot_environment, free_port
 from tests.conftest import DISCORD_TOKEN, FAL_KEY, SettingsFactory
 from tests.fakes.fake_discord import GATEWAY_MESSAGE_CONTENT, GATEWAY_MESSAGE_CONTENT_LIMITED, FakeDiscord
 from tests.fakes.fake_fal import EXHAUSTED, FakeFal
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = ["settings", "Discord token", "Message Content intent", "interactions", "invite URL", "fal", "database"]
+ITEMS = [
+    "settings",
+    "Discord token",
+    "Message Content intent",
+    "interactions",
+    "invite URL",
+    "fal",
+    "database",
+    "shards",
+]
 DISCORD_ITEMS = ITEMS[2:5]
 
 
@@ -99,6 +111,44 @@ async def test_the_database_check_leaves_no_row_behind(checks, settings, tmp_pat
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM pinned_inputs").fetchone() == (0,)
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_the_shards_check_names_the_process_that_runs_them(checks, settings, tmp_path: Path):
+    database = tmp_path / "kontext.sqlite3"
+    free = (await checks(settings(database_path=database)))["shards"]
+    assert free.ok is True and free.detail == "0 of 1: free (no bot process runs them now)"
+
+    claim = DatabaseFileClaim(database)  # as a running bot holds it
+    assert await claim.acquire(asyncio.Event())
+    try:
+        held = (await checks(settings(database_path=database)))["shards"]
+    finally:
+        await claim.release()
+    assert held.ok is True, held
+    assert held.detail.startswith(f"0 of 1: the database {database} is in use by another bot process (pid ")
+    assert held.detail.endswith("now; a bot started now would wait for it")
+
+
+async def test_the_shards_check_on_postgres_names_the_process_and_claims_nothing(checks, settings, postgres_url: str):
+    running = PostgresShardClaim(postgres_url, ShardSet(frozenset({1}), 2))
+    assert await running.acquire(asyncio.Event())
+    try:
+        held = (await checks(settings(database_url=postgres_url, shard_count=2, shard_ids=(0, 1))))["shards"]
+        assert await claim_holders(postgres_url) == 1  # the check claimed nothing itself
+    finally:
+        await running.release()
+    assert held.ok is True
+    assert held.detail.startswith("0,1 of 2: shard 1 of 2 is run by another process (kontext-bot shards 1 of 2")
+
+
+async def claim_holders(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' "
+                                       "AND objsubid = 2 AND classid IN ($1::bigint::oid, $2::bigint::oid)",
+                                       SHARD_SPACE, COUNT_SPACE))  # fmt: skip
+    finally:
+        await conn.close()
 
 
 # --- Discord --------------------------------------------------------------------------------------------

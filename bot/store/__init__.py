@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bot.config import Settings
-from bot.shards import ShardSet
 from bot.store.base import Store, StoreError
 from bot.store.claims import DatabaseFileClaim, PostgresShardClaim, ShardClaim
 from bot.store.postgres import PostgresJobStore
@@ -32,6 +31,5 @@ def shard_claim(settings: Settings) -> ShardClaim:
     """The claim this process must hold on its shards before it runs them: on PostgreSQL each shard (every one
     when SHARD_IDS is not set), on SQLite the database file (one process per file)."""
     if settings.database_url is not None:
-        shards = settings.shards or ShardSet(frozenset(range(settings.shard_count)), settings.shard_count)
-        return PostgresShardClaim(settings.database_url.get_secret_value(), shards)
+        return PostgresShardClaim(settings.database_url.get_secret_value(), settings.own_shards)
     return DatabaseFileClaim(settings.database_path)

@@ -75,6 +75,10 @@ class ShardClaim(Protocol):
 
     async def release(self) -> None: ...
 
+    async def holder(self) -> str | None:
+        """Who would make `acquire` wait now (nothing is claimed to find out); None: nobody."""
+        ...
+
 
 class DatabaseFileClaim:
     """One process per SQLite database: an exclusive lock on the file `<database>.lock` beside it."""
@@ -93,8 +97,7 @@ class DatabaseFileClaim:
         waited = False
         while not _locked(fd):
             if not waited:
-                log.warning("the database %s is in use by another bot process (%s); waiting for it to stop",
-                            self.database, _holder_of(fd))  # fmt: skip
+                log.warning("%s; waiting for it to stop", self._in_use(fd))
                 waited = True
             if await _stopped(stop, WAIT_POLL_SECONDS):
                 os.close(fd)
@@ -110,6 +113,18 @@ class DatabaseFileClaim:
         if self._fd is not None:
             os.close(self._fd)  # lets the lock go
             self._fd = None
+
+    async def holder(self) -> str | None:
+        if fcntl is None or not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return None if _locked(fd) else self._in_use(fd)  # closing the file lets a lock taken here go
+        finally:
+            os.close(fd)
+
+    def _in_use(self, fd: int) -> str:
+        return f"the database {self.database} is in use by another bot process ({_holder_of(fd)})"
 
 
 def _locked(fd: int) -> bool:
@@ -169,6 +184,18 @@ class PostgresShardClaim:
             await _close(self._conn)  # the server lets the locks go with it
             self._conn = None
 
+    async def holder(self) -> str | None:
+        conn = await self._connect()
+        try:
+            if other_count := await self._other_count(conn):
+                return other_count
+            for shard in sorted(self._shards.ids):
+                if (row := await conn.fetchrow(HOLDER, SHARD_SPACE, shard, None)) is not None:
+                    return _shard_held(shard, self._shards.count, row)
+            return None
+        finally:
+            await _close(conn)
+
     def _hold(self, conn: Any) -> None:
         self._conn = conn
         self._gone.clear()
@@ -192,17 +219,24 @@ class PostgresShardClaim:
         """Claim every shard, or none: None when claimed, else who is in the way."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *CLAIMING)
+            if other_count := await self._other_count(conn):
+                return other_count
             count = self._shards.count
-            if other := await conn.fetchrow(HOLDER, COUNT_SPACE, None, count):
-                return (f"a bot process with SHARD_COUNT={other['key']} runs on {self._name} "
-                        f"({_described(other)}), and this one has SHARD_COUNT={count}")  # fmt: skip
             await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", COUNT_SPACE, count)
             for shard in sorted(self._shards.ids):
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SHARD_SPACE, shard):
                     holder = await conn.fetchrow(HOLDER, SHARD_SPACE, shard, None)
                     await conn.execute("SELECT pg_advisory_unlock_all()")
-                    return f"shard {shard} of {count} is run by another process ({_described(holder)})"
+                    return _shard_held(shard, count, holder)
         return None
+
+    async def _other_count(self, conn: Any) -> str | None:
+        """A process with another SHARD_COUNT: it splits the servers another way, so it overlaps every shard."""
+        count = self._shards.count
+        if (other := await conn.fetchrow(HOLDER, COUNT_SPACE, None, count)) is None:
+            return None
+        return (f"a bot process with SHARD_COUNT={other['key']} runs on {self._name} ({_described(other)}), "
+                f"and this one has SHARD_COUNT={count}")  # fmt: skip
 
     async def _keep(self) -> None:
         """Check the connection every CHECK_SECONDS (a silent network), and at once when it ends."""
@@ -255,6 +289,10 @@ class PostgresShardClaim:
 async def _close(conn: Any) -> None:
     with contextlib.suppress(*DATABASE_ERRORS, TimeoutError):
         await conn.close(timeout=CHECK_TIMEOUT)
+
+
+def _shard_held(shard: int, count: int, row: Any) -> str:
+    return f"shard {shard} of {count} is run by another process ({_described(row)})"
 
 
 def _described(row: Any) -> str:
