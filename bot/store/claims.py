@@ -273,7 +273,7 @@ class PostgresShardClaim:
             except (StoreError, *DATABASE_ERRORS, TimeoutError) as exc:
                 if conn is not None:
                     await _close(conn)
-                log.warning("claiming shards %s again failed: %s", self._shards, exc)
+                log.warning("claiming shards %s again failed: %s", self._shards, problem_of(exc, self._url))
                 await asyncio.sleep(min(1.0, max(deadline - loop.time(), 0)))
                 continue
             if holder is None:
