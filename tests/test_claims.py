@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.shards import ShardSet
+from bot.store import StoreError
 from bot.store.claims import DatabaseFileClaim, PostgresShardClaim, ShardClaim
 
 Claim = Callable[..., PostgresShardClaim]
@@ -91,3 +92,12 @@ async def test_sqlite_one_process_per_database_file(tmp_path: Path):
     finally:
         await first.release()
         await second.release()
+
+
+async def test_sqlite_a_lock_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path):
+    """As for the database itself: one line naming the file (the bot exits 1 with it), no traceback."""
+    database = tmp_path / "kontext.sqlite3"
+    (tmp_path / "kontext.sqlite3.lock").mkdir()  # not openable as a file, whoever the user (root too)
+    claim = DatabaseFileClaim(database)
+    with pytest.raises(StoreError, match=r"kontext\.sqlite3\.lock: Is a directory"):
+        await claim.acquire(asyncio.Event())

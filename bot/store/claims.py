@@ -92,8 +92,11 @@ class DatabaseFileClaim:
     async def acquire(self, stop: asyncio.Event) -> bool:
         if fcntl is None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
         waited = False
         while not _locked(fd):
             if not waited:
@@ -117,7 +120,10 @@ class DatabaseFileClaim:
     async def holder(self) -> str | None:
         if fcntl is None or not self.path.exists():
             return None
-        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
         try:
             return None if _locked(fd) else self._in_use(fd)  # closing the file lets a lock taken here go
         finally:
