@@ -24,7 +24,7 @@ from bot.jobs import DeliveryFailed, DeliveryReport, Job, JobSink, ResultImage
 from cogs.cards import GALLERY_LIMIT, card_files, more_results_card, result_card
 from cogs.installs import FOLLOWUP_CAP, Reach
 from cogs.render import result_notes
-from cogs.status import EDIT_ERRORS, StatusMessage
+from cogs.status import DEFAULT_FILE_LIMIT, EDIT_ERRORS, Followups, StatusMessage
 from cogs.views import RESULT_ACTIONS
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ __all__ = ("DiscordJobSink", "PlannedMessage", "UploadPlan", "plan_uploads")
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord takes 25 MiB per message request; keep room for the JSON
 MAX_FILES_PER_MESSAGE = GALLERY_LIMIT  # Discord takes 10 files per message, a gallery shows 10
 THREAD_EXISTS = 160004
@@ -127,7 +126,7 @@ class DiscordJobSink(JobSink):
 
     async def deliver(self, job: Job, images: Sequence[ResultImage], report: DeliveryReport) -> None:
         with using_locale(job.locale):
-            await _Delivery(self._bot, job, images, report, self.status.interaction, self.reach).run()
+            await _Delivery(self._bot, job, images, report, self.status.followups, self.reach).run()
 
 
 class _Delivery:
@@ -139,14 +138,14 @@ class _Delivery:
         job: Job,
         images: Sequence[ResultImage],
         report: DeliveryReport,
-        interaction: discord.Interaction[Any] | None,
+        followups: Followups | None,
         reach: Reach,
     ) -> None:
         self._bot = bot
         self._job = job
         self._images = images
         self._report = report
-        self._interaction = interaction
+        self._followups = followups
         self._reach = reach
         self._done = len(job.result_message_ids)
         self._maybe_posted = job.delivery_attempts > 1  # an earlier attempt may have posted without recording it
@@ -184,18 +183,18 @@ class _Delivery:
     async def _post_as_followups(self, error: discord.HTTPException | None) -> None:
         """No access to the channel (`error`), or none expected: the interaction's own webhook still works while
         its token lives, for up to FOLLOWUP_CAP messages (Discord's cap where only the user installed the app)."""
-        interaction = self._interaction
-        if interaction is None or interaction.is_expired():
+        followups = self._followups
+        if followups is None or followups.expired():
             raise DeliveryFailed(_no_access_text(error), final=True) from error
         if error is not None:
             log.info("job %s: no access to channel %s (%s); posting the results as followups",
                      self._job.id, self._job.channel_id, error)  # fmt: skip
-        plan = plan_uploads(self._job, self._images, file_limit=interaction.filesize_limit, nsfw_channel=False,
+        plan = plan_uploads(self._job, self._images, file_limit=followups.filesize_limit, nsfw_channel=False,
                             max_messages=FOLLOWUP_CAP)  # fmt: skip
         try:
             for index in range(self._done, len(plan.messages)):
                 message = self._message(plan, index)
-                sent = await interaction.followup.send(wait=True, ephemeral=self._reach.ephemeral, **message)
+                sent = await followups.webhook.send(wait=True, ephemeral=self._reach.ephemeral, **message)
                 await self._report.result_posted(sent.id)
                 self._done += 1
         except EDIT_ERRORS as exc:

@@ -20,12 +20,12 @@ from discord.ext import commands
 
 from bot.fal import EditRequest, ModelSpec
 from bot.i18n import DEFAULT_LOCALE, t, using_locale
-from bot.jobs import Job
+from bot.jobs import Job, ReplyToken
 from bot.log import log_context
 from bot.quota import Limits
 from cogs.delivery import DiscordJobSink
 from cogs.inputs import ImageRef, JobOptions, build_request, check_fits
-from cogs.installs import Reach, TokenTarget
+from cogs.installs import Reach, StoredTokenTarget, TokenTarget
 from cogs.policy import LaunchPolicy
 from cogs.render import denial_text, render_status
 from cogs.replies import NO_MENTIONS, UserFacingError, answered
@@ -169,7 +169,8 @@ class Launcher:
         status = self._status(job, target)
         content, view = target.text(render_status(job)), status.cancel_view()
         target.message_id = message_id = await _answer(interaction, content, view, ephemeral=reach.ephemeral)
-        job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id)
+        job = job.update(status_message_id=message_id, origin_message_id=origin.message_id or message_id,
+                         reply=None if reach.channel else ReplyToken(interaction.token, reach.ephemeral))  # fmt: skip
         status.mark_shown(job)
         try:
             job = await self._with_pin(job, draft, origin)
@@ -228,11 +229,19 @@ class Launcher:
         stored = await self.bot.store.unfinished(self.settings.shards)
         jobs = [job for job in stored if self.bot.runner.live(job.id) is None]
         for job in jobs:
-            status = self._status(job, ChannelTarget(self.bot, job.channel_id, job.status_message_id), shown=False)
-            self.bot.runner.resume(job, DiscordJobSink(self.bot, status))
+            target, reach = self._resumed_target(job)
+            self.bot.runner.resume(job, DiscordJobSink(self.bot, self._status(job, target, shown=False), reach))
         if jobs:
             log.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
+
+    def _resumed_target(self, job: Job) -> tuple[StatusTarget, Reach | None]:
+        """A resumed job's status: its channel message, or where only the user installed the app, the
+        interaction's message through the stored token (`ReplyToken`), which is all the bot has there."""
+        if job.reply is None:
+            return ChannelTarget(self.bot, job.channel_id, job.status_message_id), None
+        target = StoredTokenTarget(self.bot, job)
+        return target, target.reach
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +25,15 @@ from cogs.views import status_view
 if TYPE_CHECKING:
     from bot.bot import KontextBot
 
-__all__ = ("EDIT_ERRORS", "ChannelTarget", "EditPacer", "InteractionTarget", "StatusMessage", "StatusTarget")
+__all__ = (
+    "EDIT_ERRORS",
+    "ChannelTarget",
+    "EditPacer",
+    "Followups",
+    "InteractionTarget",
+    "StatusMessage",
+    "StatusTarget",
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +45,30 @@ EDIT_ATTEMPTS = 3
 EDIT_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 
 Wanted = tuple[str, bool]  # the text, and whether the Cancel button goes with it
+DEFAULT_FILE_LIMIT = 10 * 1024 * 1024  # Discord's upload limit where nothing says more
+
+
+@dataclass(frozen=True, slots=True)
+class Followups:
+    """An interaction's webhook: followup messages (and edits of its messages) while its token lives."""
+
+    webhook: discord.Webhook
+    expires_at: datetime
+    filesize_limit: int = DEFAULT_FILE_LIMIT
+
+    @classmethod
+    def of(cls, interaction: discord.Interaction[Any]) -> Followups:
+        return cls(interaction.followup, interaction.expires_at, interaction.filesize_limit)
+
+    def expired(self) -> bool:
+        return datetime.now(UTC) >= self.expires_at
 
 
 class StatusTarget(Protocol):
     message_id: int | None
     expires_at: datetime | None
     movable: bool  # the status may go on in a new channel message (not where the bot can't post)
+    followups: Followups | None  # where the results may go when the channel can't take them
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None: ...
 
@@ -55,6 +82,7 @@ class InteractionTarget:
         self.interaction = interaction
         self.message_id = message_id
         self.expires_at: datetime | None = interaction.expires_at
+        self.followups: Followups | None = Followups.of(interaction)
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
         await self.interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
@@ -65,6 +93,7 @@ class ChannelTarget:
 
     expires_at: datetime | None = None
     movable = True
+    followups: Followups | None = None
 
     def __init__(self, bot: KontextBot, channel_id: int, message_id: int | None) -> None:
         self._channel = bot.get_partial_messageable(channel_id)
@@ -126,12 +155,9 @@ class StatusMessage:
         self._view: discord.ui.View | None = None  # built once: a view is not cheap to make
 
     @property
-    def interaction(self) -> discord.Interaction[Any] | None:
-        """The interaction the status answers, while its token can still post."""
-        target = self._target
-        if isinstance(target, InteractionTarget) and not self._token_running_out():
-            return target.interaction
-        return None
+    def followups(self) -> Followups | None:
+        """The webhook of the interaction the status answers, while its token can still post."""
+        return None if self._token_running_out() else self._target.followups
 
     def show(self, job: Job) -> None:
         """Ask for the status of `job` to be shown; returns at once. The text is made when the edit is due: under

@@ -10,7 +10,7 @@ import pytest
 from bot.jobs import Job, JobState
 from bot.store import SqliteJobStore
 from tests.bot_process import BotProcess, bot_environment
-from tests.fakes.fake_discord import FakeDiscord
+from tests.fakes.fake_discord import EPHEMERAL, FakeDiscord
 from tests.fakes.fake_fal import FakeFal, JobScript
 from tests.fakes.images import make_png
 from tests.harness import RESULT_TEXT, Json, custom_ids, message_text
@@ -162,3 +162,42 @@ async def _results(discord: FakeDiscord, count: int) -> list[Json]:
 
 def _done_count(discord: FakeDiscord) -> int:
     return sum("✅ Done" in m["content"] for m in discord.messages.values())
+
+
+@pytest.mark.parametrize("external_apps", [True, False])
+async def test_killed_while_queued_a_user_install_job_is_delivered_through_its_stored_token(
+    bot_processes: StartProcess, fake_discord: FakeDiscord, fake_fal: FakeFal, tmp_path: Path, external_apps: bool
+):
+    """Where only the user installed the app the interaction's token is all the bot has (no channel, no thread):
+    stored with the job while it runs, it lets the restarted bot show the status and post the results as the
+    interaction's followups (private ones where the server turned off external apps); never logged, and gone
+    from the database once the job ended."""
+    fake_fal.add_script(JobScript(queue_positions=(2,), hold=True))
+    first = bot_processes()
+    await first.start()
+    image = fake_discord.add_attachment("in.png", make_png(16, 16))
+    options = [
+        {"name": "prompt", "type": 3, "value": "paint it gold"},
+        {"name": "image1", "type": 11, "value": image["id"]},
+    ]
+    payload = fake_discord.slash("kontext", options, attachments=[image], channel_id=fake_discord.external_channel_id,
+                                 user_install=True, external_apps=external_apps)  # fmt: skip
+    await fake_discord.interact(payload)
+    await fake_discord.wait_for_message(lambda m: "2 jobs ahead" in m["content"], timeout=10)
+
+    await first.kill()
+    fake_fal.release(next(iter(fake_fal.jobs)))
+    requests_before = len(fake_discord.requests)
+    second = bot_processes()
+    await second.start()
+    await fake_discord.wait_for_message(lambda m: "✅ Done" in m["content"], timeout=15)
+
+    [result] = result_messages(fake_discord)
+    [followup] = [r for r in fake_discord.requests if r.method == "POST" and r.path.endswith(f"/{payload['token']}")]
+    assert followup.status == 200 and bool(int(result.get("flags", 0)) & EPHEMERAL) is not external_apps
+    after = fake_discord.requests[requests_before:]
+    assert not [r for r in after if r.path.startswith("/channels/")]  # the channel was never tried
+    [job] = await stored_jobs(tmp_path / "kontext.sqlite3")
+    assert job.state is JobState.DELIVERED and job.reply is None and fake_fal.count("submit") == 1
+    assert payload["token"] not in "\n".join(first.lines + second.lines)
+    assert first.errors() == [] and second.errors() == []

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from bot.fal import EditRequest, KontextOutput, OutputImage
-from bot.jobs import ACTIVE_STATES, BILLABLE_STATES, TRANSITIONS, Job, JobState
+from bot.jobs import ACTIVE_STATES, BILLABLE_STATES, TRANSITIONS, Job, JobState, ReplyToken
 from bot.quota import DenialKind, Limits, UsageSnapshot, day_start, decide, month_start, next_month
 from bot.shards import ShardSet, shard_of
 from bot.store import SCHEMA_VERSION, SqliteJobStore, Store, StoreError
@@ -106,6 +106,30 @@ async def test_a_job_survives_a_round_trip(store: Store):
     await store.save(job)
 
     assert await store.get(job.id) == job
+
+
+async def test_a_reply_token_is_stored_while_the_job_runs_and_not_once_it_ended(store: Store, database: Database):
+    job = replace(make_job(), reply=ReplyToken("interaction-token-secret", ephemeral=True))
+    await store.save(job)
+    assert await store.get(job.id) == job
+    assert "interaction-token-secret" not in repr(job)
+
+    ended = job.advance(JobState.RUNNING).advance(JobState.SUCCEEDED).advance(JobState.DELIVERED)
+    await store.save(ended)
+    assert (await store.get(job.id)) == replace(ended, reply=None)
+    assert "interaction-token-secret" not in await raw_rows(database)
+
+
+async def raw_rows(database: Database) -> str:
+    """Every job row as the database holds it, as text."""
+    if database.kind == "sqlite":
+        with sqlite3.connect(database.location) as db:
+            return repr(db.execute("SELECT * FROM jobs").fetchall())
+    connection = await asyncpg.connect(database.location)
+    try:
+        return repr(await connection.fetch("SELECT * FROM jobs"))
+    finally:
+        await connection.close()
 
 
 async def test_unfinished_lists_only_jobs_still_owed_to_the_user(store: Store):
@@ -270,7 +294,8 @@ async def test_upgrading_to_running_totals_counts_the_jobs_already_stored(databa
 
 
 async def as_schema_version_3(database: Database) -> None:
-    """Takes the database back to version 3, which had no running totals (and the same jobs table)."""
+    """Takes the database back to version 3, which had no running totals (nor the reply columns of version 5)."""
+    await as_schema_version_4(database)
     drop = ["DROP TRIGGER usage_on_insert", "DROP TRIGGER usage_on_refund", "DROP TABLE member_days",
             "DROP TABLE guild_days", "DROP INDEX jobs_active_by_user"]  # fmt: skip
     if database.kind == "sqlite":
@@ -285,6 +310,31 @@ async def as_schema_version_3(database: Database) -> None:
         )
     finally:
         await connection.close()
+
+
+async def as_schema_version_4(database: Database) -> None:
+    """Takes the database back to version 4: jobs without the interaction token of version 5."""
+    drop = ["ALTER TABLE jobs DROP COLUMN reply_token", "ALTER TABLE jobs DROP COLUMN reply_ephemeral"]
+    if database.kind == "sqlite":
+        with sqlite3.connect(database.location) as db:
+            db.executescript(";".join([*drop, "PRAGMA user_version = 4"]))
+        return
+    connection = await asyncpg.connect(database.location)
+    try:
+        await connection.execute(";".join([*drop, "DELETE FROM schema_version WHERE version = 5"]))
+    finally:
+        await connection.close()
+
+
+async def test_upgrading_to_version_5_keeps_the_jobs_with_no_reply_token(database: Database):
+    jobs = random_jobs(random.Random(5), 10)
+    async with database.store() as store:
+        await store.save_many(jobs)
+    await as_schema_version_4(database)
+
+    async with database.store() as store:
+        assert await store.jobs(limit=100) == sorted(jobs, key=lambda job: (-job.created_at.timestamp(), job.id))
+        assert all(job.reply is None for job in await store.jobs())
 
 
 def test_decide_names_the_first_limit_and_when_it_lifts():

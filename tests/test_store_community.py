@@ -18,7 +18,7 @@ from bot.config import NsfwPolicy
 from bot.jobs import Job, JobState
 from bot.quota import Denial, DenialKind, Limits, UsageSnapshot, decide, month_start
 from bot.store import SCHEMA_VERSION, Store, postgres, sqlite
-from bot.store.rows import job_values
+from bot.store.rows import COLUMNS, job_values
 from tests.conftest import Database
 from tests.test_store import NOW, make_job
 
@@ -149,20 +149,26 @@ async def test_deleted_results_are_remembered(store: Store):
 # --- the migration from the release before ----------------------------------------------------------------
 
 
+# The job columns of that release: all but the reply token's (version 5).
+OLD_COLUMNS = COLUMNS[: COLUMNS.index("reply_token")]
+
+
 async def write_previous_release(database: Database, job_row: tuple[object, ...]) -> None:
     """The schema the release before wrote, with one job in it."""
+    row = job_row[: len(OLD_COLUMNS)]
     if database.kind == "sqlite":
         old = sqlite.JOBS_TABLE.format(name="jobs") + sqlite.INDEXES + sqlite.PINS_TABLE + "PRAGMA user_version = 2;"
         with sqlite3.connect(database.location) as db:
             db.executescript(old)
-            db.execute(sqlite.SAVE_JOB, job_row)
+            db.execute(f"INSERT INTO jobs ({', '.join(OLD_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)  # noqa: S608
         return
     conn = await asyncpg.connect(database.location)
     try:
         await conn.execute(postgres.VERSION_TABLE)
         await conn.execute(postgres.CREATE_V1)
         await conn.execute("INSERT INTO schema_version (version) VALUES (1)")
-        await conn.execute(postgres.SAVE_JOB, *job_row)
+        places = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        await conn.execute(f"INSERT INTO jobs ({', '.join(OLD_COLUMNS)}) VALUES ({places})", *row)  # noqa: S608
     finally:
         await conn.close()
 
@@ -179,4 +185,4 @@ async def test_a_database_of_the_release_before_is_migrated_and_keeps_its_jobs(d
         await store.save_user_settings(1, UserSettings(output_format="png"), NOW)
         assert (await store.all_guild_settings())[10].cooldown_seconds == 30
         assert (await store.user_settings(1)).output_format == "png"
-    assert SCHEMA_VERSION == postgres.SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == postgres.SCHEMA_VERSION == 5

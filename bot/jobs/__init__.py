@@ -8,6 +8,7 @@ from .model import (
     InvalidTransition,
     Job,
     JobState,
+    ReplyToken,
     ResultImage,
 )
 from .ports import DeliveryFailed, DeliveryReport, FalQueue, JobObserver, JobSink, JobStore
@@ -30,5 +31,6 @@ __all__ = (
     "JobSink",
     "JobState",
     "JobStore",
+    "ReplyToken",
     "ResultImage",
 )

@@ -28,6 +28,7 @@ __all__ = (
     "InvalidTransition",
     "Job",
     "JobState",
+    "ReplyToken",
     "ResultImage",
 )
 
@@ -83,6 +84,17 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyToken:
+    """The token of the interaction that started a job where the bot can answer only through it (only the user
+    installed the app there): kept with the job while it runs, so that a restarted bot can still show its status
+    and post its results while the token lives (15 minutes from the interaction). A secret: never in a repr or
+    a log line, and no longer stored once the job has ended."""
+
+    token: str = field(repr=False)
+    ephemeral: bool = False  # Discord makes every answer there ephemeral
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """One paid request to fal, and the Discord places it reports to."""
 
@@ -106,6 +118,7 @@ class Job:
     delivery_attempts: int = 0
     error: str | None = None
     cancel_requested: bool = False
+    reply: ReplyToken | None = None
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
 

@@ -167,8 +167,10 @@ INSERT INTO guild_days
 SELECT coalesce(guild_id, 0), (created_at AT TIME ZONE 'UTC')::date, sum(num_images), sum(cost_usd)
 FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2;
 """  # noqa: S608  # constants only
+# Version 5: the interaction token of a job that can answer only through it (`ReplyToken`), while it runs.
+REPLY_V5 = "ALTER TABLE jobs ADD COLUMN reply_token text, ADD COLUMN reply_ephemeral boolean NOT NULL DEFAULT false"
 # MIGRATIONS[n] takes the schema from version n to n + 1, in one transaction.
-MIGRATIONS = (CREATE_V1, SAME_AS_SQLITE_V2, COMMUNITY_V3, USAGE_TOTALS_V4)
+MIGRATIONS = (CREATE_V1, SAME_AS_SQLITE_V2, COMMUNITY_V3, USAGE_TOTALS_V4, REPLY_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.

@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.community import GuildUsage, SettingChange, Spender
 from bot.fal import EditRequest, KontextOutput
-from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, Job, JobState
+from bot.jobs.model import ACTIVE_STATES, BILLABLE_STATES, Job, JobState, ReplyToken
 
 __all__ = (
     "ACTIVE", "BILLABLE", "COLUMNS", "change_from", "change_values", "dollars", "guild_usage_of", "job_from",
@@ -21,7 +21,7 @@ COLUMNS = (
     "id", "state", "source", "user_id", "guild_id", "channel_id", "endpoint", "request_json", "num_images",
     "request_id", "queue_position", "origin_message_id", "status_message_id", "thread_id", "result_json",
     "result_message_ids", "delivery_attempts", "error", "cost_usd", "cancel_requested", "locale", "created_at",
-    "updated_at",
+    "updated_at", "reply_token", "reply_ephemeral",
 )  # fmt: skip
 
 
@@ -43,6 +43,8 @@ def job_values(job: Job) -> tuple[Any, ...]:
         job.result.model_dump_json() if job.result else None, list(job.result_message_ids),
         job.delivery_attempts, job.error, job.cost_usd, job.cancel_requested, job.locale,
         job.created_at, job.updated_at,
+        job.reply.token if job.reply and not job.state.finished else None,  # an ended job needs it no more
+        bool(job.reply and job.reply.ephemeral),
     )  # fmt: skip
 
 
@@ -71,6 +73,7 @@ def job_from(row: Mapping[str, Any]) -> Job:
         locale=row["locale"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        reply=ReplyToken(row["reply_token"], bool(row["reply_ephemeral"])) if row["reply_token"] else None,
     )
 
 

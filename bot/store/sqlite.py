@@ -43,7 +43,7 @@ __all__ = ("SCHEMA_VERSION", "SqliteJobStore")
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -178,8 +178,13 @@ FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2, 3;
 INSERT INTO guild_days SELECT COALESCE(guild_id, 0), date(created_at), SUM(num_images), SUM({_micros("jobs")})
 FROM jobs WHERE state IN ({BILLABLE}) GROUP BY 1, 2;
 """  # noqa: S608  # constants only
-CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE + COMMUNITY_TABLES + USAGE_TOTALS
-MIGRATIONS = {1: MIGRATE_1_TO_2, 2: COMMUNITY_TABLES, 3: USAGE_TOTALS}
+# Version 5: the interaction token of a job that can answer only through it (`ReplyToken`), while it runs.
+REPLY_COLUMNS = """
+ALTER TABLE jobs ADD COLUMN reply_token TEXT;
+ALTER TABLE jobs ADD COLUMN reply_ephemeral INTEGER NOT NULL DEFAULT 0;
+"""
+CREATE = JOBS_TABLE.format(name="jobs") + INDEXES + PINS_TABLE + COMMUNITY_TABLES + USAGE_TOTALS + REPLY_COLUMNS
+MIGRATIONS = {1: MIGRATE_1_TO_2, 2: COMMUNITY_TABLES, 3: USAGE_TOTALS, 4: REPLY_COLUMNS}
 
 # A cancel asked for by another process must survive this process saving its own copy of the job.
 SAVE_JOB = (
