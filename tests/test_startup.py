@@ -37,7 +37,9 @@ def tracebacks(bot: BotProcess) -> list[str]:
 
 
 @pytest.fixture
-async def bots() -> AsyncIterator[list[BotProcess]]:
+async def bots(fake_discord: FakeDiscord, fake_fal: FakeFal) -> AsyncIterator[list[BotProcess]]:
+    """The test's bot processes, killed at its end before the fakes stop: a process still connecting to a fake
+    that shuts down leaves it an accepted socket never closed (a ResourceWarning that failed a later test)."""
     started: list[BotProcess] = []
     yield started
     for bot in started:
