@@ -298,30 +298,28 @@ async def as_schema_version_3(database: Database) -> None:
     await as_schema_version_4(database)
     drop = ["DROP TRIGGER usage_on_insert", "DROP TRIGGER usage_on_refund", "DROP TABLE member_days",
             "DROP TABLE guild_days", "DROP INDEX jobs_active_by_user"]  # fmt: skip
-    if database.kind == "sqlite":
-        with sqlite3.connect(database.location) as db:
-            db.executescript(";".join([*drop, "PRAGMA user_version = 3"]))
-        return
-    connection = await asyncpg.connect(database.location)
-    try:
-        drop[:2] = [f"{statement} ON jobs" for statement in drop[:2]]
-        await connection.execute(
-            ";".join([*drop, "DROP FUNCTION count_usage", "DELETE FROM schema_version WHERE version = 4"])
-        )
-    finally:
-        await connection.close()
+    in_postgres = [f"{statement} ON jobs" for statement in drop[:2]] + drop[2:]
+    in_postgres += ["DROP FUNCTION count_usage", "DELETE FROM schema_version WHERE version = 4"]
+    await run_script(database, [*drop, "PRAGMA user_version = 3"], in_postgres)
 
 
 async def as_schema_version_4(database: Database) -> None:
     """Takes the database back to version 4: jobs without the interaction token of version 5."""
     drop = ["ALTER TABLE jobs DROP COLUMN reply_token", "ALTER TABLE jobs DROP COLUMN reply_ephemeral"]
+    await run_script(
+        database, [*drop, "PRAGMA user_version = 4"], [*drop, "DELETE FROM schema_version WHERE version = 5"]
+    )
+
+
+async def run_script(database: Database, sqlite_statements: list[str], postgres_statements: list[str]) -> None:
+    """The statements of the test database's dialect, in order."""
     if database.kind == "sqlite":
         with sqlite3.connect(database.location) as db:
-            db.executescript(";".join([*drop, "PRAGMA user_version = 4"]))
+            db.executescript(";".join(sqlite_statements))
         return
     connection = await asyncpg.connect(database.location)
     try:
-        await connection.execute(";".join([*drop, "DELETE FROM schema_version WHERE version = 5"]))
+        await connection.execute(";".join(postgres_statements))
     finally:
         await connection.close()
 
