@@ -68,7 +68,11 @@ class StatusTarget(Protocol):
     message_id: int | None
     expires_at: datetime | None
     movable: bool  # the status may go on in a new channel message (not where the bot can't post)
-    followups: Followups | None  # where the results may go when the channel can't take them
+
+    @property
+    def followups(self) -> Followups | None:
+        """Where the results may go when the channel can't take them."""
+        ...
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None: ...
 
@@ -82,7 +86,10 @@ class InteractionTarget:
         self.interaction = interaction
         self.message_id = message_id
         self.expires_at: datetime | None = interaction.expires_at
-        self.followups: Followups | None = Followups.of(interaction)
+
+    @property
+    def followups(self) -> Followups | None:
+        return Followups.of(self.interaction)  # made when needed: most jobs never post a followup
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
         await self.interaction.edit_original_response(content=content, view=view, allowed_mentions=NO_MENTIONS)
