@@ -90,17 +90,17 @@ async def run(settings: Settings) -> int:
     if not await claim.acquire(stop):
         return 0
     try:
-        await run_shards(settings, stop, claim.lost)
+        await run_shards(settings, stop)  # a lost claim sets `stop` too
     finally:
         await claim.release()
     return 1 if claim.lost.is_set() else 0
 
 
-async def run_shards(settings: Settings, stop: asyncio.Event, lost: asyncio.Event) -> None:
+async def run_shards(settings: Settings, stop: asyncio.Event) -> None:
     async with http_session(settings) as session, open_store(settings) as store:
         bot = KontextBot(settings=settings, session=session, fal=fal_client(session, settings), store=store)
         async with bot, metrics_endpoint(settings, bot):
-            closer = asyncio.create_task(close_on(bot, stop, lost), name="close-on-stop")
+            closer = asyncio.create_task(close_on(bot, stop), name="close-on-stop")
             fal_watch = asyncio.create_task(watch_fal(settings, bot.fal), name="fal-at-start")
             try:
                 await start(bot, settings, stop)
@@ -118,17 +118,9 @@ def stop_on_sigterm() -> asyncio.Event:
     return stop
 
 
-async def close_on(bot: KontextBot, stop: asyncio.Event, lost: asyncio.Event) -> None:
-    """Close the bot at SIGTERM, or as soon as the claim on its shards is lost."""
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-    if lost.is_set():
-        log.error("this process no longer holds its shards; stopping")
-    stop.set()
+async def close_on(bot: KontextBot, stop: asyncio.Event) -> None:
+    """Close the bot at SIGTERM, or as soon as the claim on its shards is lost (the claim logged why)."""
+    await stop.wait()
     await bot.close()
 
 

@@ -70,7 +70,8 @@ class ShardClaim(Protocol):
     lost: asyncio.Event
 
     async def acquire(self, stop: asyncio.Event) -> bool:
-        """Wait until the shards are ours; False when `stop` was set first."""
+        """Wait until the shards are ours; False when `stop` was set first. Should the claim be lost later, it
+        sets `lost` and `stop`: the process must stop running the shards."""
         ...
 
     async def release(self) -> None: ...
@@ -92,11 +93,7 @@ class DatabaseFileClaim:
     async def acquire(self, stop: asyncio.Event) -> bool:
         if fcntl is None:
             return True
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
+        fd = self._open(os.O_RDWR | os.O_CREAT)
         waited = False
         while not _locked(fd):
             if not waited:
@@ -120,14 +117,19 @@ class DatabaseFileClaim:
     async def holder(self) -> str | None:
         if fcntl is None or not self.path.exists():
             return None
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
+        fd = self._open(os.O_RDONLY)
         try:
             return None if _locked(fd) else self._in_use(fd)  # closing the file lets a lock taken here go
         finally:
             os.close(fd)
+
+    def _open(self, flags: int) -> int:
+        """The lock file's descriptor; a StoreError naming it if it can't be opened (as for the database)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror or exc}") from None
 
     def _in_use(self, fd: int) -> str:
         return f"the database {self.database} is in use by another bot process ({_holder_of(fd)})"
@@ -179,7 +181,7 @@ class PostgresShardClaim:
         self._hold(conn)
         if waited:
             log.info("shards %s are free: starting", self._shards)
-        self._keeper = asyncio.create_task(self._keep(), name="shard-claim")
+        self._keeper = asyncio.create_task(self._keep(stop), name="shard-claim")
         return True
 
     async def release(self) -> None:
@@ -244,7 +246,7 @@ class PostgresShardClaim:
         return (f"a bot process with SHARD_COUNT={other['key']} runs on {self._name} ({_described(other)}), "
                 f"and this one has SHARD_COUNT={count}")  # fmt: skip
 
-    async def _keep(self) -> None:
+    async def _keep(self, stop: asyncio.Event) -> None:
         """Check the connection every CHECK_SECONDS (a silent network), and at once when it ends."""
         while True:
             with contextlib.suppress(TimeoutError):
@@ -255,6 +257,7 @@ class PostgresShardClaim:
             log.warning("the connection that holds shards %s is gone; claiming them again", self._shards)
             if not await self._claim_again():
                 self.lost.set()
+                stop.set()
                 return
             log.info("claimed shards %s again", self._shards)
 
